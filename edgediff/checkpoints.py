@@ -1,0 +1,153 @@
+"""Loading weights from local files: a .safetensors file or a diffusers-format folder.
+
+Never unpickles: safetensors, or torch.load(weights_only=True) for diffusers' .bin files.
+Names map by rule (see `_candidates`) and every tensor's shape is checked; a missing,
+truncated or corrupt file, a missing tensor or a wrong shape raises an EdgediffError that
+names the file and the tensor.
+"""
+
+import dataclasses
+import json
+import os
+
+import torch
+from torch import nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edgediff.errors import EdgediffError
+from edgediff.models import decoders, text_encoder
+
+# Prefixes a checkpoint may put before a component's own names: edgediff's whole-pipeline
+# files (`unet.conv_in.weight`), and the single-file layouts of diffusers-style exports.
+_PREFIXES = {
+    "text_encoder": ("text_encoder.", "cond_stage_model.transformer."),
+    "unet": ("unet.", "model.diffusion_model."),
+    "vae_decoder": ("vae_decoder.", "vae.", "first_stage_model."),
+}
+
+
+def read_tensors(path: str) -> dict[str, torch.Tensor]:
+  """All tensors of a local .safetensors (or, weights-only, .bin/.pt) file."""
+  if not os.path.isfile(path):
+    raise EdgediffError(f"{path}: no such checkpoint file")
+  try:
+    if path.endswith(".safetensors"):
+      return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise EdgediffError(f"{path}: truncated or corrupt checkpoint ({first_line})") from None
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], path: str) -> None:
+  """Atomic safetensors write: a killed run leaves the old file or none, never half of one."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+  os.replace(tmp, path)
+
+
+def _candidates(name: str, component: str) -> list[str]:
+  names = [name] + [p + name for p in _PREFIXES[component]]
+  if name.startswith("text_model."):  # newer transformers save CLIP without this prefix
+    names.append(name[len("text_model."):])
+  return names
+
+
+def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
+               component: str) -> None:
+  """Copies `tensors` into `module` by name rule, checking every name and shape."""
+  own = module.state_dict()
+  state = {}
+  for name, target in own.items():
+    found = next((c for c in _candidates(name, component) if c in tensors), None)
+    if found is None:
+      raise EdgediffError(f"{source}: missing tensor {name!r} for the {component}")
+    value = tensors[found]
+    if tuple(value.shape) != tuple(target.shape):
+      raise EdgediffError(f"{source}: tensor {found!r} has shape {tuple(value.shape)}, "
+                          f"the {component} expects {tuple(target.shape)}")
+    state[name] = value.to(target.dtype)
+  module.load_state_dict(state, strict=True)
+
+
+def load_weights(module: nn.Module, path: str, component: str) -> None:
+  load_state(module, read_tensors(path), path, component)
+
+
+# --- diffusers-format folders -------------------------------------------------------------
+
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
+                 "diffusion_pytorch_model.bin", "pytorch_model.bin")
+
+
+def _read_config(folder: str, sub: str) -> dict:
+  path = os.path.join(folder, sub, "config.json")
+  if not os.path.isfile(path):
+    raise EdgediffError(f"{path}: missing (a diffusers folder needs {sub}/config.json)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise EdgediffError(f"{path}: not valid JSON ({e})") from None
+
+
+def _weights_file(folder: str, sub: str) -> str:
+  for name in _WEIGHT_FILES:
+    path = os.path.join(folder, sub, name)
+    if os.path.isfile(path):
+      return path
+  raise EdgediffError(f"{os.path.join(folder, sub)}: no weights file (looked for "
+                      f"{', '.join(_WEIGHT_FILES)})")
+
+
+def _pick(config: dict, cls) -> dict:
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields}
+
+
+def diffusers_configs(folder: str) -> dict[str, tuple]:
+  """(builder, config) per component from a diffusers folder's config.json files."""
+  from edgediff.models import sd_unets  # diffusers import is slow: only when needed
+
+  if not os.path.isdir(folder):
+    raise EdgediffError(f"{folder}: no such diffusers folder")
+  unet_cfg = _read_config(folder, "unet")
+  vae_cfg = _read_config(folder, "vae")
+  text_cfg = _read_config(folder, "text_encoder")
+  vae = decoders.VaeDecoderConfig(
+      latent_channels=vae_cfg.get("latent_channels", 4),
+      block_out_channels=tuple(vae_cfg.get("block_out_channels", (128, 256, 512, 512))),
+      layers_per_block=vae_cfg.get("layers_per_block", 2),
+      norm_groups=vae_cfg.get("norm_num_groups", 32),
+      mid_attention=vae_cfg.get("mid_block_add_attention", True),
+      scaling_factor=vae_cfg.get("scaling_factor", 0.18215))
+  unet = {k: v for k, v in unet_cfg.items() if not k.startswith("_")}
+  text = text_encoder.TextEncoderConfig(**_pick(text_cfg, text_encoder.TextEncoderConfig))
+  return {
+      "text_encoder": (text_encoder.TextEncoder, text),
+      "unet": (lambda cfg: sd_unets.DiffusersUNet.from_config(cfg), unet),
+      "vae_decoder": (decoders.VaeDecoder, vae),
+  }
+
+
+def load_diffusers_component(folder: str, component: str) -> nn.Module:
+  """Builds one component from a diffusers folder and loads its weights."""
+  builder, config = diffusers_configs(folder)[component]
+  sub = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}[component]
+  module = builder(config).eval()
+  load_weights(module, _weights_file(folder, sub), component)
+  return module
+
+
+def diffusers_tokenizer(folder: str) -> str | None:
+  path = os.path.join(folder, "tokenizer")
+  return path if os.path.isfile(os.path.join(path, "vocab.json")) else None
+
+
+def read_scheduler_prediction_type(folder: str) -> str:
+  path = os.path.join(folder, "scheduler", "scheduler_config.json")
+  if not os.path.isfile(path):
+    return "epsilon"
+  with open(path) as f:
+    return json.load(f).get("prediction_type", "epsilon")

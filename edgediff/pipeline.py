@@ -1,0 +1,66 @@
+"""A pipeline to work on: its name, and how to build each component with its weights.
+
+Sources: a pipeline spec by name (`md`, `md-lite`, ...; `<name>-tiny` for the tiny test
+config), optionally with a local `.safetensors` file of weights, or a local diffusers-format
+folder. Components are built one at a time, so that a full-size export holds one in memory.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgediff import checkpoints, specs
+from edgediff.errors import EdgediffError
+
+DEFAULT_PIPELINE = "md-tiny"  # until a trained default model ships
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+  name: str
+  build: Callable[[str], nn.Module]  # component -> module in eval mode, weights loaded
+  latent_size: int
+  tokenizer: str | None = None  # a tokenizer folder; None: edgediff's CLIP vocabulary
+  prediction_type: str = "epsilon"
+  weights: str | None = None  # where the weights came from, for the manifest
+
+
+def _spec_and_tiny(name: str) -> tuple[specs.PipelineSpec, bool]:
+  tiny = name.endswith("-tiny")
+  return specs.pipeline_spec(name[:-5] if tiny else name), tiny
+
+
+def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
+                  weights: str | None = None, seed: int = 0) -> Pipeline:
+  if from_diffusers:
+    if name or weights:
+      raise EdgediffError("--from-diffusers takes no pipeline name and no --weights")
+    folder = os.path.abspath(from_diffusers)
+    configs = checkpoints.diffusers_configs(folder)  # fails early on a broken folder
+    return Pipeline(
+        name=os.path.basename(folder.rstrip("/")),
+        build=functools.partial(checkpoints.load_diffusers_component, folder),
+        latent_size=configs["unet"][1].get("sample_size", 64),
+        tokenizer=checkpoints.diffusers_tokenizer(folder),
+        prediction_type=checkpoints.read_scheduler_prediction_type(folder),
+        weights=folder)
+
+  name = name or DEFAULT_PIPELINE
+  spec, tiny = _spec_and_tiny(name)
+  tensors = checkpoints.read_tensors(weights) if weights else None  # fail before long work
+
+  def build(component: str) -> nn.Module:
+    # Without weights, a seeded initialisation: the same command gives the same artifact.
+    torch.manual_seed(seed + specs.COMPONENTS.index(component))
+    module = spec.component(component).build(tiny=tiny)
+    if tensors is not None:
+      checkpoints.load_state(module, tensors, weights, component)
+    return module
+
+  return Pipeline(name=name, build=build,
+                  latent_size=spec.tiny_latent_size if tiny else spec.latent_size,
+                  prediction_type=spec.prediction_type, weights=weights)

@@ -1,0 +1,115 @@
+"""The model zoo: component specs and the pipeline specs that tie three of them together.
+
+Every spec has a real config (the papers' model) and a tiny one derived from it for tests.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgediff.errors import EdgediffError
+from edgediff.models import decoders, md_unet, sd_unets, text_encoder
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+  name: str
+  component: str  # one of COMPONENTS
+  builder: Callable[[Any], nn.Module]
+  config: Any
+  tiny: Any
+  summary: str
+
+  def build(self, tiny: bool = False, device: str | torch.device = "cpu") -> nn.Module:
+    """The module in eval mode; on the meta device it costs no memory."""
+    with torch.device(device):
+      module = self.builder(self.tiny if tiny else self.config)
+    return module.eval()
+
+
+def _diffusers_unet(config: dict) -> nn.Module:
+  return sd_unets.DiffusersUNet(**config)
+
+
+_MD_TINY = dict(channels=(32, 64, 96), head_dim=16, norm_groups=8, context_dim=64,
+                time_proj_dim=32, time_embed_dim=64, sample_size=16)
+_TEXT_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2)
+_DECODER_TINY = dict(block_out_channels=(16, 32, 32, 32), norm_groups=8, layers_per_block=1)
+
+_COMPONENT_SPECS = [
+    ComponentSpec("clip-l14-text", "text_encoder", text_encoder.TextEncoder,
+                  text_encoder.CLIP_L14_TEXT,
+                  dataclasses.replace(text_encoder.CLIP_L14_TEXT, **_TEXT_TINY),
+                  "CLIP ViT-L/14 text tower (SD-1.5, MobileDiffusion, SnapFusion)"),
+    ComponentSpec("md", "unet", md_unet.MDUNet, md_unet.MD,
+                  dataclasses.replace(md_unet.MD, **_MD_TINY),
+                  "MobileDiffusion UNet (386M in the paper)"),
+    ComponentSpec("md-lite", "unet", md_unet.MDUNet, md_unet.MD_LITE,
+                  dataclasses.replace(md_unet.MD_LITE, **_MD_TINY),
+                  "MobileDiffusion-Lite UNet (278M in the paper)"),
+    ComponentSpec("sd15-unet", "unet", _diffusers_unet, sd_unets.SD15_UNET,
+                  sd_unets.tiny(sd_unets.SD15_UNET), "Stable Diffusion 1.5 UNet"),
+    ComponentSpec("snapfusion-unet", "unet", _diffusers_unet, sd_unets.SNAPFUSION_UNET,
+                  sd_unets.tiny(sd_unets.SNAPFUSION_UNET), "SnapFusion UNet (848M in the paper)"),
+    ComponentSpec("snapgen-unet", "unet", _diffusers_unet, sd_unets.SNAPGEN_UNET,
+                  sd_unets.tiny(sd_unets.SNAPGEN_UNET), "SnapGen UNet (379M in the paper)"),
+    ComponentSpec("sd-vae-decoder", "vae_decoder", decoders.VaeDecoder, decoders.SD_VAE_DECODER,
+                  dataclasses.replace(decoders.SD_VAE_DECODER, **_DECODER_TINY),
+                  "Stable Diffusion VAE decoder"),
+    ComponentSpec("md-decoder", "vae_decoder", decoders.VaeDecoder, decoders.MD_DECODER,
+                  dataclasses.replace(decoders.MD_DECODER, **_DECODER_TINY),
+                  "MobileDiffusion lightweight decoder (9.8M in the paper)"),
+    ComponentSpec("snapfusion-decoder", "vae_decoder", decoders.VaeDecoder,
+                  decoders.SNAPFUSION_DECODER,
+                  dataclasses.replace(decoders.SNAPFUSION_DECODER, **_DECODER_TINY),
+                  "SnapFusion pruned decoder (13M in the paper)"),
+    ComponentSpec("snapgen-decoder", "vae_decoder", decoders.VaeDecoder,
+                  decoders.SNAPGEN_DECODER,
+                  dataclasses.replace(decoders.SNAPGEN_DECODER, **_DECODER_TINY),
+                  "SnapGen tiny decoder (1.38M in the paper)"),
+]
+COMPONENT_SPECS = {spec.name: spec for spec in _COMPONENT_SPECS}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+  name: str
+  text_encoder: str
+  unet: str
+  vae_decoder: str
+  latent_size: int = 64  # 512 px images with the f=8 decoders
+  tiny_latent_size: int = 16
+  prediction_type: str = "epsilon"
+  # Where the pipeline's weights live: None for an architecture without weights.
+  weights: str | None = None
+
+  def component(self, component: str) -> ComponentSpec:
+    return COMPONENT_SPECS[getattr(self, component)]
+
+
+_PIPELINE_SPECS = [
+    PipelineSpec("md", "clip-l14-text", "md", "md-decoder"),
+    PipelineSpec("md-lite", "clip-l14-text", "md-lite", "md-decoder"),
+    PipelineSpec("sd15", "clip-l14-text", "sd15-unet", "sd-vae-decoder"),
+    PipelineSpec("snapfusion", "clip-l14-text", "snapfusion-unet", "snapfusion-decoder"),
+    # SnapGen's own text encoders are not modelled; CLIP-L stands in.
+    PipelineSpec("snapgen", "clip-l14-text", "snapgen-unet", "snapgen-decoder", latent_size=128),
+]
+PIPELINE_SPECS = {spec.name: spec for spec in _PIPELINE_SPECS}
+
+
+def component_spec(name: str) -> ComponentSpec:
+  if name not in COMPONENT_SPECS:
+    raise EdgediffError(f"unknown model {name!r}; known: {', '.join(COMPONENT_SPECS)}")
+  return COMPONENT_SPECS[name]
+
+
+def pipeline_spec(name: str) -> PipelineSpec:
+  if name not in PIPELINE_SPECS:
+    raise EdgediffError(f"unknown pipeline {name!r}; known: {', '.join(PIPELINE_SPECS)}")
+  return PIPELINE_SPECS[name]

@@ -1,0 +1,110 @@
+import json
+import os
+
+import pytest
+import torch
+
+from edgediff import checkpoints, pipeline, specs
+from edgediff.errors import EdgediffError
+
+
+def _tiny_state(component="unet"):
+  module = pipeline.open_pipeline("md-tiny").build(component)
+  return module, {f"{component}.{k}": v.clone() for k, v in module.state_dict().items()}
+
+
+def test_safetensors_round_trip(tmp_path):
+  module, state = _tiny_state()
+  path = str(tmp_path / "w.safetensors")
+  checkpoints.write_tensors({k: v + 1 for k, v in state.items()}, path)
+  loaded = pipeline.open_pipeline("md-tiny", weights=path).build("unet")
+  for k, v in module.state_dict().items():
+    torch.testing.assert_close(loaded.state_dict()[k], v + 1)
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(EdgediffError, match="no such checkpoint file"):
+    pipeline.open_pipeline("md-tiny", weights=str(tmp_path / "nope.safetensors"))
+
+
+def test_truncated_file(tmp_path):
+  _, state = _tiny_state()
+  path = tmp_path / "w.safetensors"
+  checkpoints.write_tensors(state, str(path))
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  with pytest.raises(EdgediffError, match=r"w\.safetensors: truncated or corrupt"):
+    pipeline.open_pipeline("md-tiny", weights=str(path))
+
+
+def test_corrupt_file(tmp_path):
+  path = tmp_path / "w.safetensors"
+  path.write_bytes(b"\x00garbage" * 10)
+  with pytest.raises(EdgediffError, match="truncated or corrupt"):
+    pipeline.open_pipeline("md-tiny", weights=str(path))
+
+
+def test_wrong_shape_names_the_tensor(tmp_path):
+  _, state = _tiny_state()
+  state["unet.conv_in.weight"] = torch.zeros(3, 3, 3, 3)
+  path = str(tmp_path / "w.safetensors")
+  checkpoints.write_tensors(state, path)
+  with pytest.raises(EdgediffError, match=r"'unet\.conv_in\.weight' has shape \(3, 3, 3, 3\)"):
+    pipeline.open_pipeline("md-tiny", weights=path).build("unet")
+
+
+def test_missing_tensor_names_the_tensor(tmp_path):
+  _, state = _tiny_state()
+  del state["unet.conv_out.bias"]
+  path = str(tmp_path / "w.safetensors")
+  checkpoints.write_tensors(state, path)
+  with pytest.raises(EdgediffError, match=r"w\.safetensors: missing tensor 'conv_out\.bias'"):
+    pipeline.open_pipeline("md-tiny", weights=path).build("unet")
+
+
+def write_tiny_diffusers_folder(root) -> str:
+  """A diffusers-format folder with the tiny SD-1.5 components, written from scratch."""
+  root = str(root)
+  torch.manual_seed(1)
+  sd = specs.pipeline_spec("sd15")
+  unet = sd.component("unet").build(tiny=True)
+  unet.save_config(os.path.join(root, "unet"))
+  checkpoints.write_tensors(unet.state_dict(),
+                            os.path.join(root, "unet", "diffusion_pytorch_model.safetensors"))
+  vae_cfg = sd.component("vae_decoder").tiny
+  vae = sd.component("vae_decoder").build(tiny=True)
+  os.makedirs(os.path.join(root, "vae"))
+  with open(os.path.join(root, "vae", "config.json"), "w") as f:
+    json.dump({"_class_name": "AutoencoderKL", "latent_channels": vae_cfg.latent_channels,
+               "block_out_channels": list(vae_cfg.block_out_channels),
+               "layers_per_block": vae_cfg.layers_per_block,
+               "norm_num_groups": vae_cfg.norm_groups, "scaling_factor": 0.18215}, f)
+  vae_state = dict(vae.state_dict())
+  vae_state["encoder.conv_in.weight"] = torch.zeros(1)  # the encoder half is ignored
+  checkpoints.write_tensors(vae_state,
+                            os.path.join(root, "vae", "diffusion_pytorch_model.safetensors"))
+  text = sd.component("text_encoder").build(tiny=True)
+  os.makedirs(os.path.join(root, "text_encoder"))
+  with open(os.path.join(root, "text_encoder", "config.json"), "w") as f:
+    json.dump(text.text_model.config.to_dict(), f)
+  checkpoints.write_tensors(text.state_dict(),
+                            os.path.join(root, "text_encoder", "model.safetensors"))
+  return root
+
+
+def test_diffusers_folder_loads(tmp_path):
+  folder = write_tiny_diffusers_folder(tmp_path / "tiny-sd")
+  pipe = pipeline.open_pipeline(from_diffusers=folder)
+  assert pipe.name == "tiny-sd" and pipe.latent_size == 16
+  torch.manual_seed(1)
+  expected = specs.pipeline_spec("sd15").component("unet").build(tiny=True)
+  unet = pipe.build("unet")
+  for k, v in expected.state_dict().items():
+    torch.testing.assert_close(unet.state_dict()[k], v)
+  assert pipe.build("vae_decoder") is not None and pipe.build("text_encoder") is not None
+
+
+def test_diffusers_folder_missing_config(tmp_path):
+  folder = write_tiny_diffusers_folder(tmp_path / "f")
+  os.remove(os.path.join(folder, "vae", "config.json"))
+  with pytest.raises(EdgediffError, match=r"vae/config\.json: missing"):
+    pipeline.open_pipeline(from_diffusers=folder)
