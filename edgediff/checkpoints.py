@@ -54,6 +54,12 @@ def _candidates(name: str, component: str) -> list[str]:
   return names
 
 
+def holds_component(module: nn.Module, tensors: dict[str, torch.Tensor],
+                    component: str) -> bool:
+  """Whether `tensors` has any tensor of `module` under any of the name rules."""
+  return any(c in tensors for name in module.state_dict() for c in _candidates(name, component))
+
+
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
                component: str) -> None:
   """Copies `tensors` into `module` by name rule, checking every name and shape."""

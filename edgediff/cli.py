@@ -39,6 +39,63 @@ def cmd_models(args) -> int:
   return 0
 
 
+def cmd_export(args) -> int:
+  from edgediff import pipeline
+  from edgediff.export import exporter
+
+  pipe = pipeline.open_pipeline(args.pipeline, from_diffusers=args.from_diffusers,
+                                weights=args.weights)
+  latent_size = None
+  if args.resolution:
+    if args.resolution % 8:
+      raise EdgediffError(f"--resolution {args.resolution} is not a multiple of 8")
+    latent_size = args.resolution // 8
+  opts = exporter.ExportOptions(
+      fmt=args.fmt, out=args.out, components=tuple(args.component or exporter.COMPONENTS),
+      batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort)
+  manifest = exporter.export_pipeline(pipe, opts)
+  failures = [f for c in manifest["components"].values() for f in c["parity"]["failures"]]
+  if args.json:
+    print(json.dumps(manifest, indent=1))
+  else:
+    rows = [{"component": name, "file": c["file"], "MB": f"{c['bytes'] / 1e6:.2f}",
+             "psnr_db": f"{c['parity']['psnr_db']:.1f}", "cosine": f"{c['parity']['cosine']:.6f}",
+             "max_abs": f"{c['parity']['max_abs']:.3g}",
+             "parity": "pass" if c["passed"] else "FAIL"}
+            for name, c in manifest["components"].items()]
+    _print_table(rows, ["component", "file", "MB", "psnr_db", "cosine", "max_abs", "parity"])
+    print(f"manifest: {manifest['folder']}/manifest.json")
+  for f in failures:
+    print(f"edgediff: parity failed: {f}", file=sys.stderr)
+  return 1 if failures else 0
+
+
+def cmd_parity(args) -> int:
+  from edgediff.export import check
+
+  results = [r for folder in check.find_manifests(args.dir) for r in check.check_folder(folder)]
+  if args.json:
+    print(json.dumps(results, indent=1))
+  else:
+    rows = [{"folder": r["folder"], "component": r["component"],
+             "golden_psnr": f"{r['golden']['psnr_db']:.1f}",
+             "fresh_psnr": f"{r['fresh']['psnr_db']:.1f}",
+             "fresh_cosine": f"{r['fresh']['cosine']:.6f}",
+             "sha256": "ok" if r["sha256_ok"] else "CHANGED",
+             "parity": "pass" if r["passed"] else "FAIL"} for r in results]
+    _print_table(rows, ["folder", "component", "golden_psnr", "fresh_psnr", "fresh_cosine",
+                        "sha256", "parity"])
+  for r in results:
+    for f in r["golden"]["failures"]:
+      print(f"edgediff: parity failed (golden) in {r['folder']}: {f}", file=sys.stderr)
+    for f in r["fresh"]["failures"]:
+      print(f"edgediff: parity failed (fresh inputs) in {r['folder']}: {f}", file=sys.stderr)
+    if not r["sha256_ok"]:
+      print(f"edgediff: {r['folder']}: {r['component']} differs from its manifest sha256",
+            file=sys.stderr)
+  return 0 if all(r["passed"] for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="edgediff", description="Mobile text-to-image diffusion models to ONNX and TFLite.")
@@ -48,6 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="print a JSON list")
   p.add_argument("--tiny", action="store_true", help="the tiny test configs instead")
   p.set_defaults(func=cmd_models)
+
+  p = sub.add_parser("export", help="export a pipeline to ONNX or TFLite, with a parity gate")
+  p.add_argument("pipeline", nargs="?", help="a pipeline spec (md, md-lite, md-tiny, ...); "
+                 "default: the shipped default model")
+  p.add_argument("--fmt", required=True, choices=["onnx", "tflite"])
+  p.add_argument("--out", default="out", help="output folder (default: out)")
+  p.add_argument("--component", action="append", choices=["text_encoder", "unet", "vae_decoder"],
+                 help="export only this component (repeatable)")
+  p.add_argument("--from-diffusers", metavar="FOLDER", help="a local diffusers-format folder")
+  p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
+  p.add_argument("--cfg", action="store_true",
+                 help="batch 2 for classifier-free guidance (unconditional + conditional)")
+  p.add_argument("--resolution", type=int, help="image size in pixels (multiple of 8)")
+  p.add_argument("--ort", action="store_true", help="also write the .ort mobile format")
+  p.add_argument("--force", action="store_true", help="redo components already exported")
+  p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+  p.set_defaults(func=cmd_export)
+
+  p = sub.add_parser("parity", help="re-run the parity gate on an exported folder")
+  p.add_argument("dir", help="an export folder (searched for manifest.json files)")
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=cmd_parity)
   return parser
 
 

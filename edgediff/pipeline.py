@@ -6,7 +6,6 @@ folder. Components are built one at a time, so that a full-size export holds one
 """
 
 import dataclasses
-import functools
 import os
 from typing import Callable
 
@@ -22,11 +21,15 @@ DEFAULT_PIPELINE = "md-tiny"  # until a trained default model ships
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
   name: str
-  build: Callable[[str], nn.Module]  # component -> module in eval mode, weights loaded
+  # (component, required=True) -> module in eval mode with its weights. With required=False
+  # a weights file that holds nothing for the component gives seeded weights instead (the
+  # UNet's parity inputs need some text encoder even when a file holds only a UNet).
+  build: Callable[..., nn.Module]
   latent_size: int
   tokenizer: str | None = None  # a tokenizer folder; None: edgediff's CLIP vocabulary
   prediction_type: str = "epsilon"
-  weights: str | None = None  # where the weights came from, for the manifest
+  # How to open it again (for the manifest and `edgediff parity`): open_pipeline(**source).
+  source: dict = dataclasses.field(default_factory=dict)
 
 
 def _spec_and_tiny(name: str) -> tuple[specs.PipelineSpec, bool]:
@@ -43,24 +46,28 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
     configs = checkpoints.diffusers_configs(folder)  # fails early on a broken folder
     return Pipeline(
         name=os.path.basename(folder.rstrip("/")),
-        build=functools.partial(checkpoints.load_diffusers_component, folder),
+        build=lambda component, required=True: checkpoints.load_diffusers_component(
+            folder, component),
         latent_size=configs["unet"][1].get("sample_size", 64),
         tokenizer=checkpoints.diffusers_tokenizer(folder),
         prediction_type=checkpoints.read_scheduler_prediction_type(folder),
-        weights=folder)
+        source={"from_diffusers": folder, "seed": seed})
 
   name = name or DEFAULT_PIPELINE
   spec, tiny = _spec_and_tiny(name)
   tensors = checkpoints.read_tensors(weights) if weights else None  # fail before long work
 
-  def build(component: str) -> nn.Module:
+  def build(component: str, required: bool = True) -> nn.Module:
     # Without weights, a seeded initialisation: the same command gives the same artifact.
     torch.manual_seed(seed + specs.COMPONENTS.index(component))
     module = spec.component(component).build(tiny=tiny)
-    if tensors is not None:
+    if tensors is not None and (
+        required or checkpoints.holds_component(module, tensors, component)):
       checkpoints.load_state(module, tensors, weights, component)
     return module
 
   return Pipeline(name=name, build=build,
                   latent_size=spec.tiny_latent_size if tiny else spec.latent_size,
-                  prediction_type=spec.prediction_type, weights=weights)
+                  prediction_type=spec.prediction_type,
+                  source={"name": name, "weights": weights and os.path.abspath(weights),
+                          "seed": seed})

@@ -1,0 +1,204 @@
+"""Export a pipeline: build -> convert -> run in the runtime -> parity gate -> manifest.
+
+Layout: OUT/<pipeline>/<fmt>/<recipe>/{text_encoder,unet,vae_decoder}.<ext>, one golden
+.npz per component, and manifest.json. Every file is written to a temporary name and renamed,
+the manifest last, so a killed export leaves no half-written artifact or manifest. A re-run
+skips a component whose artifact matches a passing manifest entry made with the same
+settings, unless forced.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+from importlib import metadata
+
+import numpy as np
+import torch
+
+import edgediff
+from edgediff import pipeline as pipeline_lib
+from edgediff.errors import EdgediffError
+from edgediff.export import inputs as inputs_lib
+from edgediff.export import onnx as onnx_lib
+from edgediff.export import parity, runtimes, tflite as tflite_lib
+from edgediff.specs import COMPONENTS
+
+EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+MANIFEST = "manifest.json"
+PARITY_SAMPLES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+  fmt: str
+  out: str = "out"
+  recipe: str = "fp32"
+  components: tuple[str, ...] = COMPONENTS
+  batch: int = 1  # 2 with classifier-free guidance
+  latent_size: int | None = None  # None: the pipeline's default
+  force: bool = False
+  ort: bool = False  # also write the .ort mobile format (onnx only)
+
+
+def log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_json_atomic(data: dict, path: str) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=1)
+  os.replace(tmp, path)
+
+
+def runtime_versions() -> dict[str, str]:
+  names = ("torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-litert",
+           "ai-edge-quantizer")
+  return {n: metadata.version(n) for n in names}
+
+
+def read_manifest(folder: str) -> dict | None:
+  path = os.path.join(folder, MANIFEST)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
+  return {"source": pipe.source, "batch": opts.batch, "latent_size": latent_size}
+
+
+def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
+  if not entry or not entry.get("passed") or entry.get("settings") != settings:
+    return False
+  path = os.path.join(folder, entry["file"])
+  return os.path.isfile(path) and sha256(path) == entry["sha256"]
+
+
+def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+  with torch.no_grad():
+    return [module(*(torch.from_numpy(v) for v in f.values())).numpy() for f in feeds]
+
+
+def _convert(opts: ExportOptions, module, sample: dict[str, np.ndarray], output_names,
+             path: str) -> None:
+  feeds = {k: torch.from_numpy(v) for k, v in sample.items()}
+  if opts.recipe != "fp32":
+    raise EdgediffError(f"recipe {opts.recipe!r} is not available yet; use fp32")
+  if opts.fmt == "onnx":
+    onnx_lib.export_onnx(module, feeds, output_names, path)
+  else:
+    tflite_lib.check_size(os.path.basename(path), onnx_lib.param_bytes(module), opts.recipe)
+    tflite_lib.export_tflite(module, feeds, output_names, path)
+
+
+def _replace_into(tmp_dir: str, folder: str) -> None:
+  # Data files first, the model file last: a reader never sees a model without its data.
+  names = sorted(os.listdir(tmp_dir), key=lambda n: n.endswith(tuple(EXTENSIONS.values())))
+  for name in names:
+    os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
+  os.rmdir(tmp_dir)
+
+
+def export_component(pipe, component: str, opts: ExportOptions, folder: str,
+                     latent_size: int, text_encoder=None) -> dict:
+  """Exports one component, gates it, and returns its manifest entry."""
+  started = time.perf_counter()
+  module = pipe.build(component)
+  specs = module.input_specs(opts.batch, latent_size)
+  samples = inputs_lib.representative_inputs(
+      pipe, component, module, opts.batch, latent_size, n=PARITY_SAMPLES,
+      text_encoder=text_encoder)
+  references = torch_outputs(module, samples)
+  output_name = module.output_names[0]
+
+  ext = EXTENSIONS[opts.fmt]
+  tmp_dir = os.path.join(folder, f".tmp-{component}-{os.getpid()}")
+  os.makedirs(tmp_dir, exist_ok=True)
+  tmp_path = os.path.join(tmp_dir, component + ext)
+  log(f"[{component}] converting to {opts.fmt} ({opts.recipe}) ...")
+  try:
+    _convert(opts, module, samples[0], (output_name,), tmp_path)
+    convert_s = time.perf_counter() - started
+    del module
+    log(f"[{component}] converted in {convert_s:.1f} s; running {PARITY_SAMPLES} samples in "
+        f"{'onnxruntime' if opts.fmt == 'onnx' else 'ai_edge_litert'}")
+    runner = runtimes.load_runner(opts.fmt, tmp_path)
+    actuals = [runner(f)[output_name] for f in samples]
+    report = parity.compare(component, references, actuals, parity.THRESHOLDS[opts.recipe])
+    golden = component + "_golden.npz"
+    np.savez(os.path.join(tmp_dir, golden), **samples[0],
+             **{f"expected_{output_name}": references[0]})
+    ort_file = None
+    if opts.ort:
+      ort_file = os.path.basename(onnx_lib.export_ort(tmp_path))
+    _replace_into(tmp_dir, folder)
+  except BaseException:
+    for name in os.listdir(tmp_dir) if os.path.isdir(tmp_dir) else []:
+      os.remove(os.path.join(tmp_dir, name))
+    if os.path.isdir(tmp_dir):
+      os.rmdir(tmp_dir)
+    raise
+  path = os.path.join(folder, component + ext)
+  status = "passed" if report.passed else "FAILED"
+  log(f"[{component}] parity {status}: psnr {report.psnr_db:.1f} dB, cosine "
+      f"{report.cosine:.6f}, max abs {report.max_abs:.3g} "
+      f"({time.perf_counter() - started:.1f} s)")
+  return {
+      "file": component + ext, "sha256": sha256(path), "bytes": os.path.getsize(path),
+      "inputs": [s.to_json() for s in specs],
+      "outputs": [{"name": output_name, "shape": list(references[0].shape),
+                   "dtype": "float32"}],
+      "golden": golden, "ort": ort_file, "parity": report.to_json(), "passed": report.passed,
+      "export_seconds": round(convert_s, 2),
+  }
+
+
+def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
+  """Exports the chosen components; returns the manifest (also written to disk)."""
+  if opts.fmt not in EXTENSIONS:
+    raise EdgediffError(f"unknown format {opts.fmt!r}; use onnx or tflite")
+  if opts.ort and opts.fmt != "onnx":
+    raise EdgediffError("--ort writes the ONNX Runtime mobile format: use it with --fmt onnx")
+  latent_size = opts.latent_size or pipe.latent_size
+  folder = os.path.join(opts.out, pipe.name, opts.fmt, opts.recipe)
+  os.makedirs(folder, exist_ok=True)
+  old = read_manifest(folder) or {}
+  manifest = {
+      "edgediff": edgediff.__version__, "runtimes": runtime_versions(),
+      "pipeline": pipe.name, "format": opts.fmt, "recipe": opts.recipe,
+      "source": pipe.source, "batch": opts.batch, "latent_size": latent_size,
+      "prediction_type": pipe.prediction_type,
+      "components": dict(old.get("components", {})),
+  }
+  settings = _settings(pipe, opts, latent_size)
+  text_encoder = None
+  for component in opts.components:
+    entry = manifest["components"].get(component)
+    if not opts.force and _is_current(entry, folder, settings):
+      log(f"[{component}] up to date in {folder}; skipped (--force to redo)")
+      continue
+    if component == "unet" and text_encoder is None:
+      # Real text embeddings of real prompts for the UNet's inputs.
+      text_encoder = pipe.build("text_encoder", required=False)
+    entry = export_component(pipe, component, opts, folder, latent_size, text_encoder)
+    entry["settings"] = settings
+    manifest["components"][component] = entry
+    manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    manifest["passed"] = all(e["passed"] for e in manifest["components"].values())
+    write_json_atomic(manifest, os.path.join(folder, MANIFEST))
+  manifest["folder"] = folder
+  return manifest

@@ -1,0 +1,52 @@
+"""PyTorch -> ONNX: torch.onnx's dynamo exporter at opset 18, onnxslim, onnx.checker."""
+
+import contextlib
+import os
+import sys
+
+import torch
+from torch import nn
+
+OPSET = 18  # the dynamo exporter's output is invalid at opset 17
+# torch.onnx moves weights to external data above about 1.5 GB whatever it is told; past
+# that size edgediff asks for external data itself so that the file layout is predictable.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def param_bytes(module: nn.Module) -> int:
+  return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def export_onnx(module: nn.Module, feeds: dict[str, torch.Tensor], output_names, path: str) -> None:
+  """Writes `path` (and `path`.data for a large model); the caller makes it atomic."""
+  import onnx
+  import onnxslim
+
+  external = param_bytes(module) > EXTERNAL_DATA_BYTES
+  with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
+    program = torch.onnx.export(
+        module, tuple(feeds.values()), dynamo=True, opset_version=OPSET,
+        input_names=list(feeds), output_names=list(output_names), verbose=False)
+    program.save(path, external_data=external)
+    del program
+  if not external:
+    # onnxslim folds the exporter's shape arithmetic (fewer Reshape/Gemm chains); it
+    # rewrites a model in memory, so large external-data models are left as exported.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+      onnxslim.slim(path, path)  # prints a summary table: not for the user
+  onnx.checker.check_model(path, full_check=not external)
+
+
+def export_ort(path: str) -> str:
+  """Writes the .ort mobile format beside `path` (runtime optimizations keep fp16 small)."""
+  import pathlib
+  from onnxruntime.tools import convert_onnx_models_to_ort as to_ort
+
+  with contextlib.redirect_stdout(sys.stderr):
+    to_ort.convert_onnx_models_to_ort(
+        pathlib.Path(path), output_dir=pathlib.Path(os.path.dirname(path)),
+        optimization_styles=[to_ort.OptimizationStyle.Runtime])
+  ort_path = os.path.splitext(path)[0] + ".ort"
+  if not os.path.isfile(ort_path):
+    raise RuntimeError(f"{path}: onnxruntime wrote no .ort file")
+  return ort_path

@@ -1,0 +1,43 @@
+"""Run an artifact in its real runtime: onnxruntime or the ai_edge_litert Interpreter."""
+
+from typing import Callable
+
+import numpy as np
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def onnx_runner(path: str, threads: int = 0) -> Runner:
+  import onnxruntime as ort
+
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = threads
+  options.log_severity_level = 3
+  session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+  names = [o.name for o in session.get_outputs()]
+
+  def run(feeds):
+    return dict(zip(names, session.run(names, feeds)))
+
+  return run
+
+
+def tflite_runner(path: str, threads: int | None = None) -> Runner:
+  from ai_edge_litert.interpreter import Interpreter
+
+  with open(path, "rb") as f:
+    content = bytes(f.read())  # the Interpreter wants bytes, not bytearray
+  interpreter = Interpreter(model_content=content, num_threads=threads)
+  runner = interpreter.get_signature_runner()
+
+  def run(feeds):
+    return {k: np.array(v) for k, v in runner(**feeds).items()}
+
+  return run
+
+
+RUNNERS = {"onnx": onnx_runner, "tflite": tflite_runner}
+
+
+def load_runner(fmt: str, path: str) -> Runner:
+  return RUNNERS[fmt](path)

@@ -1,0 +1,129 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+import pytest
+
+from edgediff import cli, pipeline
+from edgediff.export import exporter, parity, runtimes
+from tests.test_checkpoints import write_tiny_diffusers_folder
+
+# Every tiny spec once: md-tiny carries the text encoder and md-decoder.
+CASES = [
+    ("md-tiny", ("text_encoder", "unet", "vae_decoder")),
+    ("md-lite-tiny", ("unet",)),
+    ("sd15-tiny", ("unet", "vae_decoder")),
+    ("snapfusion-tiny", ("unet", "vae_decoder")),
+    ("snapgen-tiny", ("unet", "vae_decoder")),
+]
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("export"))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("name,components", CASES, ids=[c[0] for c in CASES])
+def test_export_every_tiny_spec(out_dir, name, components, fmt):
+  opts = exporter.ExportOptions(fmt=fmt, out=out_dir, components=components)
+  manifest = exporter.export_pipeline(pipeline.open_pipeline(name), opts)
+  folder = manifest["folder"]
+  assert folder == os.path.join(out_dir, name, fmt, "fp32")
+  on_disk = json.load(open(os.path.join(folder, "manifest.json")))
+  assert on_disk["passed"] and set(on_disk["components"]) == set(components)
+  for component in components:
+    entry = on_disk["components"][component]
+    report = entry["parity"]
+    assert report["psnr_db"] >= parity.THRESHOLDS["fp32"].psnr_db
+    assert report["cosine"] >= parity.THRESHOLDS["fp32"].cosine
+    assert report["max_abs"] < 1e-3 and report["samples"] == exporter.PARITY_SAMPLES
+    # The golden file reproduces PyTorch through the runtime, independently of edgediff's gate.
+    golden = np.load(os.path.join(folder, entry["golden"]))
+    run = runtimes.load_runner(fmt, os.path.join(folder, entry["file"]))
+    feeds = {i["name"]: golden[i["name"]] for i in entry["inputs"]}
+    out_name = entry["outputs"][0]["name"]
+    np.testing.assert_allclose(run(feeds)[out_name], golden[f"expected_{out_name}"],
+                               atol=1e-4, rtol=1e-3)
+    assert entry["bytes"] == os.path.getsize(os.path.join(folder, entry["file"]))
+  # No temporary files are left behind.
+  assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+
+
+def test_tflite_signature_has_named_io(out_dir):
+  from ai_edge_litert.interpreter import Interpreter
+
+  path = os.path.join(out_dir, "md-tiny", "tflite", "fp32", "unet.tflite")
+  if not os.path.isfile(path):
+    pytest.skip("needs test_export_every_tiny_spec")
+  sig = Interpreter(model_path=path).get_signature_list()["serving_default"]
+  assert sorted(sig["inputs"]) == ["encoder_hidden_states", "sample", "timestep"]
+  assert sig["outputs"] == ["noise_pred"]
+
+
+def test_rerun_skips_and_parity_passes(out_dir, capsys):
+  folder = os.path.join(out_dir, "md-tiny", "onnx", "fp32")
+  if not os.path.isdir(folder):
+    pytest.skip("needs test_export_every_tiny_spec")
+  before = os.path.getmtime(os.path.join(folder, "unet.onnx"))
+  assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--out", out_dir]) == 0
+  assert os.path.getmtime(os.path.join(folder, "unet.onnx")) == before
+  capsys.readouterr()
+  assert cli.main(["parity", folder, "--json"]) == 0
+  results = json.loads(capsys.readouterr().out)
+  assert len(results) == 3 and all(r["passed"] and r["sha256_ok"] for r in results)
+
+
+def test_broken_artifact_fails_parity(out_dir, tmp_path, capsys):
+  src = os.path.join(out_dir, "md-tiny", "onnx", "fp32")
+  if not os.path.isdir(src):
+    pytest.skip("needs test_export_every_tiny_spec")
+  folder = str(tmp_path / "broken")
+  shutil.copytree(src, folder)
+  path = os.path.join(folder, "unet.onnx")
+  model = onnx.load(path)
+  weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+  array = numpy_helper.to_array(weights).copy()
+  array += np.float32(0.5) * np.abs(array).max()  # a perturbed weight
+  weights.CopyFrom(numpy_helper.from_array(array, weights.name))
+  onnx.save(model, path)
+  assert cli.main(["parity", folder]) == 1
+  err = capsys.readouterr().err
+  assert "unet: psnr_db" in err and "differs from its manifest sha256" in err
+
+
+def test_diffusers_folder_exports(tmp_path):
+  folder = write_tiny_diffusers_folder(tmp_path / "tiny-sd")
+  opts = exporter.ExportOptions(fmt="onnx", out=str(tmp_path / "out"),
+                                components=("text_encoder", "unet", "vae_decoder"))
+  manifest = exporter.export_pipeline(pipeline.open_pipeline(from_diffusers=folder), opts)
+  assert manifest["pipeline"] == "tiny-sd" and manifest["passed"]
+  assert manifest["source"]["from_diffusers"] == folder
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "shape", "tensor"])
+def test_bad_checkpoint_exits_with_one_line(tmp_path, capsys, case):
+  from edgediff import checkpoints
+
+  module = pipeline.open_pipeline("md-tiny").build("unet")
+  state = {f"unet.{k}": v for k, v in module.state_dict().items()}
+  path = tmp_path / "w.safetensors"
+  if case == "shape":
+    state["unet.conv_in.weight"] = state["unet.conv_in.weight"][:1]
+  if case == "tensor":
+    del state["unet.conv_in.weight"]
+  if case != "missing":
+    checkpoints.write_tensors(state, str(path))
+  if case == "corrupt":
+    path.write_bytes(path.read_bytes()[:100])
+  code = cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "unet",
+                   "--weights", str(path), "--out", str(tmp_path / "out")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code != 0
+  assert err[-1].startswith("edgediff: error: ") and "w.safetensors" in err[-1]
+  if case in ("shape", "tensor"):
+    assert "conv_in.weight" in err[-1]
+  assert not (tmp_path / "out" / "md-tiny" / "onnx" / "fp32" / "unet.onnx").exists()
