@@ -50,10 +50,15 @@ def cmd_export(args) -> int:
     if args.resolution % 8:
       raise EdgediffError(f"--resolution {args.resolution} is not a multiple of 8")
     latent_size = args.resolution // 8
+  recipe = "fp16" if args.fp16 else args.quant
   opts = exporter.ExportOptions(
-      fmt=args.fmt, out=args.out, components=tuple(args.component or exporter.COMPONENTS),
+      fmt=args.fmt, out=args.out, recipe=recipe,
+      components=tuple(args.component or exporter.COMPONENTS),
       batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort)
-  manifest = exporter.export_pipeline(pipe, opts)
+  if args.int8:
+    manifest = exporter.export_int8(pipe, opts)
+  else:
+    manifest = exporter.export_pipeline(pipe, opts)
   failures = [f for c in manifest["components"].values() for f in c["parity"]["failures"]]
   if args.json:
     print(json.dumps(manifest, indent=1))
@@ -64,6 +69,9 @@ def cmd_export(args) -> int:
              "parity": "pass" if c["passed"] else "FAIL"}
             for name, c in manifest["components"].items()]
     _print_table(rows, ["component", "file", "MB", "psnr_db", "cosine", "max_abs", "parity"])
+    if "int8_selection" in manifest:
+      sel = manifest["int8_selection"]
+      print(f"int8 recipe: {sel['chosen']} ({sel['why']})")
     print(f"manifest: {manifest['folder']}/manifest.json")
   for f in failures:
     print(f"edgediff: parity failed: {f}", file=sys.stderr)
@@ -119,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="batch 2 for classifier-free guidance (unconditional + conditional)")
   p.add_argument("--resolution", type=int, help="image size in pixels (multiple of 8)")
   p.add_argument("--ort", action="store_true", help="also write the .ort mobile format")
+  quant = p.add_mutually_exclusive_group()
+  quant.add_argument("--quant", default="fp32", metavar="RECIPE",
+                     help="fp32 (default), fp16, int8_weight_only, int8_dynamic, int8_static, "
+                          "w8a16")
+  quant.add_argument("--fp16", action="store_true", help="same as --quant fp16")
+  quant.add_argument("--int8", action="store_true",
+                     help="the int8 recipe that passes the gate fastest in this runtime")
   p.add_argument("--force", action="store_true", help="redo components already exported")
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
   p.set_defaults(func=cmd_export)

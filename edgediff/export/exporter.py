@@ -25,6 +25,7 @@ from edgediff.errors import EdgediffError
 from edgediff.export import inputs as inputs_lib
 from edgediff.export import onnx as onnx_lib
 from edgediff.export import parity, runtimes, tflite as tflite_lib
+from edgediff.quant import recipes
 from edgediff.specs import COMPONENTS
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -96,13 +97,23 @@ def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray
 def _convert(opts: ExportOptions, module, sample: dict[str, np.ndarray], output_names,
              path: str) -> None:
   feeds = {k: torch.from_numpy(v) for k, v in sample.items()}
-  if opts.recipe != "fp32":
-    raise EdgediffError(f"recipe {opts.recipe!r} is not available yet; use fp32")
   if opts.fmt == "onnx":
-    onnx_lib.export_onnx(module, feeds, output_names, path)
+    if opts.recipe == "fp32":
+      onnx_lib.export_onnx(module, feeds, output_names, path)
+      return
+    fp32_path = path[: -len(".onnx")] + ".fp32.onnx"
+    onnx_lib.export_onnx(module, feeds, output_names, fp32_path)
+    recipes.quantize_onnx(opts.recipe, fp32_path, path)
+    for name in os.listdir(os.path.dirname(path)):  # the fp32 model and its data
+      if name.startswith(os.path.basename(fp32_path)):
+        os.remove(os.path.join(os.path.dirname(path), name))
   else:
-    tflite_lib.check_size(os.path.basename(path), onnx_lib.param_bytes(module), opts.recipe)
-    tflite_lib.export_tflite(module, feeds, output_names, path)
+    weight_bytes = onnx_lib.param_bytes(module) // (2 if opts.recipe == "fp16" else 1)
+    if opts.recipe.startswith("int8"):
+      weight_bytes //= 4
+    tflite_lib.check_size(os.path.basename(path), weight_bytes, opts.recipe)
+    tflite_lib.export_tflite(module, feeds, output_names, path,
+                             quant_config=recipes.tflite_quant_config(opts.recipe))
 
 
 def _replace_into(tmp_dir: str, folder: str) -> None:
@@ -171,6 +182,7 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
   """Exports the chosen components; returns the manifest (also written to disk)."""
   if opts.fmt not in EXTENSIONS:
     raise EdgediffError(f"unknown format {opts.fmt!r}; use onnx or tflite")
+  recipes.check_recipe(opts.fmt, opts.recipe)
   if opts.ort and opts.fmt != "onnx":
     raise EdgediffError("--ort writes the ONNX Runtime mobile format: use it with --fmt onnx")
   latent_size = opts.latent_size or pipe.latent_size
@@ -201,4 +213,47 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
     manifest["passed"] = all(e["passed"] for e in manifest["components"].values())
     write_json_atomic(manifest, os.path.join(folder, MANIFEST))
   manifest["folder"] = folder
+  return manifest
+
+
+def _latency_ms(manifest: dict) -> dict[str, float]:
+  folder = manifest["folder"]
+  out = {}
+  for component, entry in manifest["components"].items():
+    golden = np.load(os.path.join(folder, entry["golden"]))
+    feeds = {i["name"]: golden[i["name"]] for i in entry["inputs"]}
+    run = runtimes.load_runner(manifest["format"], os.path.join(folder, entry["file"]))
+    out[component] = round(runtimes.median_latency_ms(run, feeds), 3)
+  return out
+
+
+def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
+  """Exports every int8 recipe the runtime has and keeps the fastest one that passes.
+
+  Speed is the sum over the exported components of the median latency on the golden inputs,
+  measured in this run; the chosen recipe's manifest records the candidates and the reason.
+  """
+  candidates = {}
+  manifests = {}
+  for recipe in recipes.int8_candidates(opts.fmt):
+    log(f"--int8: trying {recipe}")
+    manifest = export_pipeline(pipe, dataclasses.replace(opts, recipe=recipe))
+    latency = _latency_ms(manifest)
+    candidates[recipe] = {"passed": manifest["passed"], "latency_ms": latency,
+                          "total_latency_ms": round(sum(latency.values()), 3)}
+    manifests[recipe] = manifest
+  passing = [r for r, c in candidates.items() if c["passed"]]
+  if not passing:
+    chosen = min(candidates, key=lambda r: candidates[r]["total_latency_ms"])
+    why = "no int8 recipe passed the parity gate; reporting the fastest"
+  else:
+    chosen = min(passing, key=lambda r: candidates[r]["total_latency_ms"])
+    why = (f"fastest of the passing int8 recipes ({', '.join(passing)}) by median latency "
+           f"on the golden inputs, measured in this run")
+  manifest = manifests[chosen]
+  manifest["int8_selection"] = {"chosen": chosen, "why": why, "candidates": candidates}
+  folder = manifest.pop("folder")
+  write_json_atomic(manifest, os.path.join(folder, MANIFEST))
+  manifest["folder"] = folder
+  log(f"--int8: chose {chosen}: {why}")
   return manifest

@@ -41,3 +41,18 @@ RUNNERS = {"onnx": onnx_runner, "tflite": tflite_runner}
 
 def load_runner(fmt: str, path: str) -> Runner:
   return RUNNERS[fmt](path)
+
+
+def median_latency_ms(run: Runner, feeds: dict[str, np.ndarray], runs: int = 5) -> float:
+  """Median wall time of `runs` calls after one warm-up (a quick in-process comparison;
+  `edgediff bench` and the runtimes' own tools are for reported numbers)."""
+  import statistics
+  import time
+
+  run(feeds)
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    run(feeds)
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times)

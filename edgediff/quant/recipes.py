@@ -1,0 +1,75 @@
+"""Named quantization recipes: the same names in code, CLI, file paths and manifests.
+
+- fp16: fp16 weights (and fp16 compute where the runtime has it); float inputs and outputs.
+- int8_weight_only: int8 per-channel weights, dequantized to float for compute.
+- int8_dynamic: int8 weights, activations quantized on the fly per tensor.
+- int8_static: int8 weights and activations from calibration (W8A8).
+- w8a16: int8 weights, int16 activations.
+"""
+
+import contextlib
+import os
+import sys
+
+from edgediff.errors import EdgediffError
+
+RECIPES = ("fp32", "fp16", "int8_weight_only", "int8_dynamic", "int8_static", "w8a16")
+INT8_RECIPES = ("int8_dynamic", "int8_weight_only", "int8_static")
+
+# What each runtime's path in edgediff can produce today.
+SUPPORTED = {
+    "tflite": ("fp32", "fp16", "int8_weight_only", "int8_dynamic"),
+    "onnx": ("fp32", "fp16", "int8_dynamic"),
+}
+_WHY_NOT = {
+    ("onnx", "int8_weight_only"): "onnxruntime's CPU provider has no int8 weight-only kernels "
+                                  "for Conv; use int8_dynamic, or --fmt tflite",
+}
+
+
+def check_recipe(fmt: str, recipe: str) -> None:
+  if recipe not in RECIPES:
+    raise EdgediffError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+  if recipe not in SUPPORTED[fmt]:
+    why = _WHY_NOT.get((fmt, recipe), "calibrated recipes are not available yet")
+    raise EdgediffError(f"recipe {recipe} is not available for {fmt}: {why}")
+
+
+def int8_candidates(fmt: str) -> tuple[str, ...]:
+  return tuple(r for r in INT8_RECIPES if r in SUPPORTED[fmt])
+
+
+def tflite_quant_config(recipe: str):
+  """litert-torch's recipe for `recipe`, applied during conversion (None for fp32)."""
+  if recipe == "fp32":
+    return None
+  from litert_torch.generative.quantize import quant_recipes
+
+  # The recipes apply to every layer ('.*') when given no generative model config.
+  return {
+      "fp16": quant_recipes.full_fp16_recipe,
+      "int8_weight_only": quant_recipes.full_weight_only_recipe,
+      "int8_dynamic": quant_recipes.full_dynamic_recipe,
+  }[recipe]()
+
+
+def quantize_onnx(recipe: str, fp32_path: str, path: str) -> None:
+  """Writes the `recipe` version of the fp32 model at `fp32_path` to `path`."""
+  import onnx
+
+  if recipe == "fp16":
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # Float inputs and outputs: apps feed the same tensors whatever the recipe.
+    model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
+    onnx.save(model, path)
+  elif recipe == "int8_dynamic":
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # u8 weights: onnxruntime's ConvInteger with s8 weights runs about 4x slower than fp32.
+    with contextlib.redirect_stdout(sys.stderr):
+      quantize_dynamic(fp32_path, path, weight_type=QuantType.QUInt8, per_channel=False)
+  else:
+    raise EdgediffError(f"recipe {recipe} is not available for onnx")
+  if not os.path.isfile(path):
+    raise EdgediffError(f"{path}: onnxruntime wrote no {recipe} model")

@@ -1,0 +1,82 @@
+import os
+
+import pytest
+
+from edgediff import cli, pipeline
+from edgediff.errors import EdgediffError
+from edgediff.export import exporter, parity
+from edgediff.quant import recipes
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("quant"))
+
+
+def _export(out_dir, fmt, recipe, components=("unet",), force=False):
+  opts = exporter.ExportOptions(fmt=fmt, out=out_dir, recipe=recipe, components=components,
+                                force=force)
+  return exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
+
+
+CASES = [(fmt, r) for fmt in ("onnx", "tflite") for r in recipes.SUPPORTED[fmt] if r != "fp32"]
+
+
+@pytest.mark.parametrize("fmt,recipe", CASES)
+def test_every_recipe_passes_its_own_gate(out_dir, fmt, recipe):
+  manifest = _export(out_dir, fmt, recipe)
+  entry = manifest["components"]["unet"]
+  report = entry["parity"]
+  assert manifest["recipe"] == recipe and manifest["folder"].endswith(os.path.join(fmt, recipe))
+  assert entry["passed"], report["failures"]
+  assert report["thresholds"] == {"psnr_db": parity.THRESHOLDS[recipe].psnr_db,
+                                  "cosine": parity.THRESHOLDS[recipe].cosine}
+  # Quantization changed the numbers: the artifact is not secretly fp32.
+  assert report["psnr_db"] < 100
+  fp32 = _export(out_dir, fmt, "fp32")["components"]["unet"]
+  assert entry["bytes"] < (0.6 if recipe == "fp16" else 0.45) * fp32["bytes"]
+
+
+def test_thresholds_are_tighter_for_fp16_than_int8():
+  fp16 = parity.THRESHOLDS["fp16"]
+  for recipe in recipes.INT8_RECIPES:
+    assert fp16.psnr_db > parity.THRESHOLDS[recipe].psnr_db + 5
+    assert fp16.cosine > parity.THRESHOLDS[recipe].cosine
+
+
+def test_same_command_gives_byte_identical_artifacts(out_dir):
+  first = _export(out_dir, "tflite", "int8_dynamic", ("vae_decoder",))
+  second = _export(out_dir, "tflite", "int8_dynamic", ("vae_decoder",), force=True)
+  assert (first["components"]["vae_decoder"]["sha256"]
+          == second["components"]["vae_decoder"]["sha256"])
+
+
+@pytest.mark.parametrize("fmt,recipe,message", [
+    ("onnx", "int8_weight_only", "not available for onnx"),
+    ("onnx", "int8_static", "not available for onnx"),
+    ("tflite", "w8a16", "not available for tflite"),
+    ("tflite", "int4", "unknown recipe"),
+])
+def test_unavailable_recipes_are_refused(tmp_path, capsys, fmt, recipe, message):
+  code = cli.main(["export", "md-tiny", "--fmt", fmt, "--quant", recipe,
+                   "--out", str(tmp_path)])
+  assert code == 2 and message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "md-tiny" / fmt / recipe / "manifest.json")
+
+
+def test_int8_picks_a_passing_recipe_and_says_why(tmp_path, capsys):
+  code = cli.main(["export", "md-tiny", "--fmt", "tflite", "--int8", "--component",
+                   "vae_decoder", "--out", str(tmp_path), "--json"])
+  assert code == 0
+  import json
+
+  manifest = json.loads(capsys.readouterr().out)
+  selection = manifest["int8_selection"]
+  assert selection["chosen"] == manifest["recipe"] in recipes.int8_candidates("tflite")
+  assert set(selection["candidates"]) == set(recipes.int8_candidates("tflite"))
+  chosen = selection["candidates"][selection["chosen"]]
+  assert chosen["passed"]
+  assert all(chosen["total_latency_ms"] <= c["total_latency_ms"]
+             for c in selection["candidates"].values() if c["passed"])
+  on_disk = json.load(open(os.path.join(manifest["folder"], "manifest.json")))
+  assert on_disk["int8_selection"]["chosen"] == selection["chosen"]
