@@ -45,6 +45,9 @@ def tflite_quant_config(recipe: str):
     return None
   from litert_torch.generative.quantize import quant_recipes
 
+  from edgediff.quant import aeq_workaround
+
+  aeq_workaround.apply()  # full-size conv weights over 32 MiB
   # The recipes apply to every layer ('.*') when given no generative model config.
   return {
       "fp16": quant_recipes.full_fp16_recipe,
