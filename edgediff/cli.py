@@ -54,7 +54,8 @@ def cmd_export(args) -> int:
   opts = exporter.ExportOptions(
       fmt=args.fmt, out=args.out, recipe=recipe,
       components=tuple(args.component or exporter.COMPONENTS),
-      batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort)
+      batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort,
+      nhwc=args.nhwc)
   if args.int8:
     manifest = exporter.export_int8(pipe, opts)
   else:
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="batch 2 for classifier-free guidance (unconditional + conditional)")
   p.add_argument("--resolution", type=int, help="image size in pixels (multiple of 8)")
   p.add_argument("--ort", action="store_true", help="also write the .ort mobile format")
+  p.add_argument("--nhwc", action="store_true",
+                 help="TFLite: channel-last image and latent tensors (default NCHW, as PyTorch)")
   quant = p.add_mutually_exclusive_group()
   quant.add_argument("--quant", default="fp32", metavar="RECIPE",
                      help="fp32 (default), fp16, int8_weight_only, int8_dynamic, int8_static, "

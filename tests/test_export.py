@@ -127,3 +127,35 @@ def test_bad_checkpoint_exits_with_one_line(tmp_path, capsys, case):
   if case in ("shape", "tensor"):
     assert "conv_in.weight" in err[-1]
   assert not (tmp_path / "out" / "md-tiny" / "onnx" / "fp32" / "unet.onnx").exists()
+
+
+def test_nhwc_interface(tmp_path):
+  opts = exporter.ExportOptions(fmt="tflite", out=str(tmp_path), components=("vae_decoder",),
+                                nhwc=True)
+  manifest = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
+  entry = manifest["components"]["vae_decoder"]
+  assert entry["passed"] and entry["layout"] == "NHWC"
+  assert entry["inputs"][0]["shape"] == [1, 16, 16, 8]  # (B, h, w, C)
+  assert entry["outputs"][0]["shape"] == [1, 128, 128, 3]  # (B, H, W, 3)
+  assert cli.main(["parity", manifest["folder"]]) == 0
+
+
+def test_ort_mobile_format(tmp_path):
+  opts = exporter.ExportOptions(fmt="onnx", out=str(tmp_path), components=("vae_decoder",),
+                                ort=True)
+  manifest = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
+  entry = manifest["components"]["vae_decoder"]
+  path = os.path.join(manifest["folder"], entry["ort"])
+  golden = np.load(os.path.join(manifest["folder"], entry["golden"]))
+  out = runtimes.onnx_runner(path)({"latent": golden["latent"]})["image"]
+  np.testing.assert_allclose(out, golden["expected_image"], atol=1e-4)
+
+
+def test_over_2gb_flatbuffer_is_refused_before_work(tmp_path, capsys):
+  code = cli.main(["export", "sd15", "--fmt", "tflite", "--component", "unet",
+                   "--out", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2
+  assert "unet: its fp32 weights take 3.20 GB, over the 2 GB TFLite flatbuffer limit" in err
+  assert "--fp16" in err
+  assert not os.path.exists(tmp_path / "sd15" / "tflite" / "fp32" / "manifest.json")

@@ -50,8 +50,11 @@ def check_folder(folder: str) -> list[dict]:
     samples = inputs_lib.representative_inputs(
         pipe, component, module, manifest["batch"], manifest["latent_size"],
         n=exporter.PARITY_SAMPLES, seed=FRESH_SEED, text_encoder=text_encoder)
-    fresh_report = parity.compare(component, exporter.torch_outputs(module, samples),
-                                  [runner(f)[output] for f in samples], thresholds)
+    nhwc = entry.get("layout") == "NHWC"
+    references = [exporter.to_layout({output: r}, nhwc)[output]
+                  for r in exporter.torch_outputs(module, samples)]
+    actuals = [runner(exporter.to_layout(f, nhwc))[output] for f in samples]
+    fresh_report = parity.compare(component, references, actuals, thresholds)
     results.append({
         "folder": folder, "component": component,
         "sha256_ok": exporter.sha256(path) == entry["sha256"],

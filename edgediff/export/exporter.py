@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from importlib import metadata
@@ -43,6 +44,7 @@ class ExportOptions:
   latent_size: int | None = None  # None: the pipeline's default
   force: bool = False
   ort: bool = False  # also write the .ort mobile format (onnx only)
+  nhwc: bool = False  # channel-last 4-D inputs and outputs (tflite only)
 
 
 def log(message: str) -> None:
@@ -79,7 +81,8 @@ def read_manifest(folder: str) -> dict | None:
 
 
 def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
-  return {"source": pipe.source, "batch": opts.batch, "latent_size": latent_size}
+  return {"source": pipe.source, "batch": opts.batch, "latent_size": latent_size,
+          "nhwc": opts.nhwc}
 
 
 def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
@@ -108,10 +111,6 @@ def _convert(opts: ExportOptions, module, sample: dict[str, np.ndarray], output_
       if name.startswith(os.path.basename(fp32_path)):
         os.remove(os.path.join(os.path.dirname(path), name))
   else:
-    weight_bytes = onnx_lib.param_bytes(module) // (2 if opts.recipe == "fp16" else 1)
-    if opts.recipe.startswith("int8"):
-      weight_bytes //= 4
-    tflite_lib.check_size(os.path.basename(path), weight_bytes, opts.recipe)
     tflite_lib.export_tflite(module, feeds, output_names, path,
                              quant_config=recipes.tflite_quant_config(opts.recipe))
 
@@ -121,7 +120,18 @@ def _replace_into(tmp_dir: str, folder: str) -> None:
   names = sorted(os.listdir(tmp_dir), key=lambda n: n.endswith(tuple(EXTENSIONS.values())))
   for name in names:
     os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
-  os.rmdir(tmp_dir)
+
+
+def to_layout(arrays: dict[str, np.ndarray], nhwc: bool) -> dict[str, np.ndarray]:
+  """NCHW -> NHWC for the 4-D tensors when the artifact's interface is channel-last."""
+  if not nhwc:
+    return arrays
+  return {k: np.ascontiguousarray(np.moveaxis(v, 1, -1)) if v.ndim == 4 else v
+          for k, v in arrays.items()}
+
+
+def _io_json(arrays: dict[str, np.ndarray]) -> list[dict]:
+  return [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()]
 
 
 def export_component(pipe, component: str, opts: ExportOptions, folder: str,
@@ -129,12 +139,22 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   """Exports one component, gates it, and returns its manifest entry."""
   started = time.perf_counter()
   module = pipe.build(component)
-  specs = module.input_specs(opts.batch, latent_size)
+  if opts.fmt == "tflite":  # before any long work: refuse what cannot fit a flatbuffer
+    tflite_lib.check_size(component, onnx_lib.param_bytes(module), opts.recipe)
+  output_name = module.output_names[0]
   samples = inputs_lib.representative_inputs(
       pipe, component, module, opts.batch, latent_size, n=PARITY_SAMPLES,
       text_encoder=text_encoder)
   references = torch_outputs(module, samples)
-  output_name = module.output_names[0]
+  # What the artifact takes and gives: the same tensors, channel-last with --nhwc.
+  samples = [to_layout(f, opts.nhwc) for f in samples]
+  references = [to_layout({output_name: r}, opts.nhwc)[output_name] for r in references]
+  if opts.nhwc:
+    import litert_torch
+
+    module = litert_torch.to_channel_last_io(
+        module, args=[i for i, v in enumerate(samples[0].values()) if v.ndim == 4],
+        outputs=[0] if references[0].ndim == 4 else [])
 
   ext = EXTENSIONS[opts.fmt]
   tmp_dir = os.path.join(folder, f".tmp-{component}-{os.getpid()}")
@@ -157,12 +177,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     if opts.ort:
       ort_file = os.path.basename(onnx_lib.export_ort(tmp_path))
     _replace_into(tmp_dir, folder)
-  except BaseException:
-    for name in os.listdir(tmp_dir) if os.path.isdir(tmp_dir) else []:
-      os.remove(os.path.join(tmp_dir, name))
-    if os.path.isdir(tmp_dir):
-      os.rmdir(tmp_dir)
-    raise
+  finally:
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # whatever a failed or killed step left
   path = os.path.join(folder, component + ext)
   status = "passed" if report.passed else "FAILED"
   log(f"[{component}] parity {status}: psnr {report.psnr_db:.1f} dB, cosine "
@@ -170,9 +186,9 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       f"({time.perf_counter() - started:.1f} s)")
   return {
       "file": component + ext, "sha256": sha256(path), "bytes": os.path.getsize(path),
-      "inputs": [s.to_json() for s in specs],
-      "outputs": [{"name": output_name, "shape": list(references[0].shape),
-                   "dtype": "float32"}],
+      "layout": "NHWC" if opts.nhwc else "NCHW",
+      "inputs": _io_json(samples[0]),
+      "outputs": _io_json({output_name: references[0]}),
       "golden": golden, "ort": ort_file, "parity": report.to_json(), "passed": report.passed,
       "export_seconds": round(convert_s, 2),
   }
@@ -185,6 +201,8 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
   recipes.check_recipe(opts.fmt, opts.recipe)
   if opts.ort and opts.fmt != "onnx":
     raise EdgediffError("--ort writes the ONNX Runtime mobile format: use it with --fmt onnx")
+  if opts.nhwc and opts.fmt != "tflite":
+    raise EdgediffError("--nhwc changes the TFLite interface: use it with --fmt tflite")
   latent_size = opts.latent_size or pipe.latent_size
   folder = os.path.join(opts.out, pipe.name, opts.fmt, opts.recipe)
   os.makedirs(folder, exist_ok=True)

@@ -46,7 +46,9 @@ def export_ort(path: str) -> str:
     to_ort.convert_onnx_models_to_ort(
         pathlib.Path(path), output_dir=pathlib.Path(os.path.dirname(path)),
         optimization_styles=[to_ort.OptimizationStyle.Runtime])
-  ort_path = os.path.splitext(path)[0] + ".ort"
-  if not os.path.isfile(ort_path):
+  stem = os.path.splitext(path)[0]
+  written = stem + ".with_runtime_opt.ort"  # onnxruntime names it after the style
+  if not os.path.isfile(written):
     raise RuntimeError(f"{path}: onnxruntime wrote no .ort file")
-  return ort_path
+  os.replace(written, stem + ".ort")
+  return stem + ".ort"

@@ -24,7 +24,12 @@ class NamedIO(nn.Module):
     return {self.output_name: self.module(*(inputs[n] for n in self.input_names))}
 
 
-def check_size(component: str, weight_bytes: int, recipe: str) -> None:
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2}  # the int8 recipes store 1
+
+
+def check_size(component: str, fp32_bytes: int, recipe: str) -> None:
+  """Refuses a component whose weights under `recipe` exceed the flatbuffer limit."""
+  weight_bytes = fp32_bytes * BYTES_PER_WEIGHT.get(recipe, 1) // 4
   if weight_bytes > FLATBUFFER_LIMIT:
     raise EdgediffError(
         f"{component}: its {recipe} weights take {weight_bytes / 1024**3:.2f} GB, over the "
