@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 from edgediff.errors import EdgediffError
@@ -79,8 +80,45 @@ def cmd_export(args) -> int:
   return 1 if failures else 0
 
 
+def cmd_parity_e2e(args) -> int:
+  from edgediff.export import check, e2e, inputs
+
+  prompts = inputs.shipped_prompts()
+  if args.prompts:
+    try:
+      with open(args.prompts) as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    except OSError as e:
+      raise EdgediffError(f"{args.prompts}: cannot read prompts ({e.strerror})") from None
+  results = [e2e.run(folder, prompts, args.seeds, steps=args.steps)
+             for folder in check.find_manifests(args.dir)]
+  summaries = [e2e.summary(r) for r in results]
+  if args.report:
+    png = os.path.splitext(args.report)[0] + ".png"
+    e2e.write_report(results, png, args.report if args.report.endswith(".html") else None)
+  if args.json:
+    print(json.dumps(summaries, indent=1))
+  else:
+    rows = [{"format": s["format"], "recipe": s["recipe"],
+             "image_psnr_db": f"{s['mean_psnr_db']:.2f}", "ssim": f"{s['mean_ssim']:.4f}",
+             "threshold_db": s["threshold_db"], "parity": "pass" if s["passed"] else "FAIL",
+             "folder": s["folder"]} for s in summaries]
+    _print_table(rows, ["format", "recipe", "image_psnr_db", "ssim", "threshold_db", "parity",
+                        "folder"])
+  for s in summaries:
+    if not s["passed"]:
+      print(f"edgediff: end-to-end parity failed in {s['folder']}: mean image PSNR "
+            f"{s['mean_psnr_db']:.2f} dB < {s['threshold_db']} (short by "
+            f"{s['shortfall_db']:.2f} dB); latent drift grows most at step "
+            f"{s['drift_grows_most_at_step']}", file=sys.stderr)
+  return 0 if all(s["passed"] for s in summaries) else 1
+
+
 def cmd_parity(args) -> int:
   from edgediff.export import check
+
+  if args.e2e:
+    return cmd_parity_e2e(args)
 
   results = [r for folder in check.find_manifests(args.dir) for r in check.check_folder(folder)]
   if args.json:
@@ -103,6 +141,38 @@ def cmd_parity(args) -> int:
       print(f"edgediff: {r['folder']}: {r['component']} differs from its manifest sha256",
             file=sys.stderr)
   return 0 if all(r["passed"] for r in results) else 1
+
+
+def cmd_generate(args) -> int:
+  from edgediff import generate as gen
+  from edgediff import pipeline
+  from edgediff.export import exporter
+
+  if args.artifacts:
+    if args.pipeline or args.from_diffusers or args.weights:
+      raise EdgediffError("--artifacts brings its own pipeline: drop PIPELINE/--weights")
+    backend = gen.artifact_backend(args.artifacts)
+    manifest = exporter.read_manifest(args.artifacts)
+    pipe = pipeline.open_source(manifest["source"])
+    backend.tokenizer = pipe.tokenizer
+    latent_size = manifest["latent_size"]
+  else:
+    pipe = pipeline.open_pipeline(args.pipeline, from_diffusers=args.from_diffusers,
+                                  weights=args.weights)
+    latent_size = pipe.latent_size
+    backend = gen.torch_backend(pipe)
+  result = gen.generate(backend, args.prompt, steps=args.steps, guidance=args.guidance,
+                        seed=args.seed)
+  gen.save_png(result.image, args.out)
+  timing = ", ".join(f"{c} {s * 1e3:.0f} ms" for c, s in result.seconds.items())
+  print(f"wrote {args.out} ({backend.name}, {args.steps} steps); time per component: {timing}")
+  if args.artifacts:
+    reference = gen.generate(gen.torch_backend(pipe, latent_size), args.prompt,
+                             steps=args.steps, guidance=args.guidance, seed=args.seed,
+                             progress=False)
+    psnr = gen.image_psnr_db(reference.image, result.image)
+    print(f"image PSNR against PyTorch fp32 (same prompt and seed): {psnr:.2f} dB")
+  return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +211,32 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
   p.set_defaults(func=cmd_export)
 
+  p = sub.add_parser("generate", help="text to image, in PyTorch or through exported artifacts")
+  p.add_argument("pipeline", nargs="?", help="a pipeline spec (default: the shipped default)")
+  p.add_argument("--prompt", required=True)
+  p.add_argument("--out", required=True, help="the PNG to write")
+  p.add_argument("--artifacts", metavar="DIR",
+                 help="an export folder (out/<pipeline>/<fmt>/<recipe>); default: PyTorch")
+  p.add_argument("--backend", choices=["torch"], default="torch",
+                 help="without --artifacts: the runtime (PyTorch)")
+  p.add_argument("--from-diffusers", metavar="FOLDER", help="a local diffusers-format folder")
+  p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
+  p.add_argument("--steps", type=int, default=8, help="DDIM steps (default 8)")
+  p.add_argument("--guidance", type=float, default=1.0,
+                 help="classifier-free guidance scale (1: off)")
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(func=cmd_generate)
+
   p = sub.add_parser("parity", help="re-run the parity gate on an exported folder")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")
   p.add_argument("--json", action="store_true")
+  p.add_argument("--e2e", action="store_true",
+                 help="end to end: images from the same prompts and seeds against PyTorch fp32")
+  p.add_argument("--prompts", metavar="FILE", help="--e2e: one prompt per line")
+  p.add_argument("--seeds", type=int, default=1, help="--e2e: seeds per prompt")
+  p.add_argument("--steps", type=int, default=8, help="--e2e: DDIM steps")
+  p.add_argument("--report", metavar="FILE",
+                 help="--e2e: write report.html (self-contained) and report.png beside it")
   p.set_defaults(func=cmd_parity)
   return parser
 

@@ -71,3 +71,9 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
                   prediction_type=spec.prediction_type,
                   source={"name": name, "weights": weights and os.path.abspath(weights),
                           "seed": seed})
+
+
+def open_source(source: dict) -> Pipeline:
+  """Opens a pipeline again from the `source` an export recorded in its manifest."""
+  return open_pipeline(source.get("name"), from_diffusers=source.get("from_diffusers"),
+                       weights=source.get("weights"), seed=source.get("seed", 0))

@@ -28,10 +28,7 @@ def find_manifests(root: str) -> list[str]:
 def check_folder(folder: str) -> list[dict]:
   manifest = exporter.read_manifest(folder)
   thresholds = parity.THRESHOLDS[manifest["recipe"]]
-  pipe = pipeline_lib.open_pipeline(
-      manifest["source"].get("name"),
-      from_diffusers=manifest["source"].get("from_diffusers"),
-      weights=manifest["source"].get("weights"), seed=manifest["source"].get("seed", 0))
+  pipe = pipeline_lib.open_source(manifest["source"])
   results = []
   text_encoder = None
   for component, entry in manifest["components"].items():

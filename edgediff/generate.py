@@ -1,0 +1,158 @@
+"""Text to image through any runtime: tokenizer -> text encoder -> UNet steps -> decoder.
+
+One small runner interface (feeds in, outputs out) serves PyTorch, onnxruntime and
+ai_edge_litert; the runners of an export read its manifest for names, shapes and layout.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edgediff import schedule
+from edgediff.errors import EdgediffError
+from edgediff.models.text_encoder import tokenize
+
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> the one output, NCHW
+
+
+@dataclasses.dataclass
+class Backend:
+  name: str
+  runners: dict[str, Runner]  # text_encoder, unet, vae_decoder
+  unet_batch: int  # 2: both guidance branches in one call
+  latent_shape: tuple[int, ...]  # (C, h, w)
+  tokenizer: str | None
+  prediction_type: str
+
+
+def torch_backend(pipe, latent_size: int | None = None) -> Backend:
+  modules = {c: pipe.build(c) for c in ("text_encoder", "unet", "vae_decoder")}
+
+  def runner(module) -> Runner:
+    def run(feeds):
+      with torch.no_grad():
+        return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    return run
+
+  sample = modules["unet"].input_specs(1, latent_size or pipe.latent_size)[0]
+  return Backend("torch", {c: runner(m) for c, m in modules.items()}, 1, sample.shape[1:],
+                 pipe.tokenizer, pipe.prediction_type)
+
+
+def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
+  from edgediff.export import exporter, runtimes
+
+  manifest = exporter.read_manifest(folder)
+  if manifest is None:
+    raise EdgediffError(f"{folder}: no {exporter.MANIFEST}; point --artifacts at an export "
+                        "folder such as out/<pipeline>/<fmt>/<recipe>")
+  missing = {"text_encoder", "unet", "vae_decoder"} - set(manifest["components"])
+  if missing:
+    raise EdgediffError(f"{folder}: the export lacks {', '.join(sorted(missing))}")
+
+  def runner(entry) -> Runner:
+    run = runtimes.load_runner(manifest["format"], os.path.join(folder, entry["file"]))
+    output = entry["outputs"][0]["name"]
+    nhwc = entry.get("layout") == "NHWC"
+
+    def call(feeds):
+      out = run(exporter.to_layout(feeds, nhwc))[output]
+      return np.moveaxis(out, -1, 1) if nhwc and out.ndim == 4 else out
+    return call
+
+  unet = manifest["components"]["unet"]
+  shape = unet["inputs"][0]["shape"]
+  latent = tuple(shape[3:] + shape[1:3]) if unet.get("layout") == "NHWC" else tuple(shape[1:])
+  return Backend(f"{manifest['format']}/{manifest['recipe']}",
+                 {c: runner(e) for c, e in manifest["components"].items()},
+                 manifest["batch"], latent, tokenizer,
+                 manifest.get("prediction_type", "epsilon"))
+
+
+def ddim_timesteps(steps: int) -> np.ndarray:
+  """SD's "leading" spacing with steps_offset 1: e.g. 8 steps -> 876, 751, ..., 1."""
+  ratio = schedule.TRAIN_STEPS // steps
+  return (np.arange(steps) * ratio)[::-1] + 1
+
+
+def predict_x0_eps(model_out, x, abar, prediction_type):
+  """(x0, eps) from the UNet's output for epsilon-, v- or sample (x0)-prediction."""
+  a, s = np.sqrt(abar), np.sqrt(1 - abar)
+  if prediction_type == "epsilon":
+    return (x - s * model_out) / a, model_out
+  if prediction_type == "v_prediction":
+    return a * x - s * model_out, a * model_out + s * x
+  if prediction_type == "sample":  # UFOGen-style one-step models predict x0 directly
+    return model_out, (x - a * model_out) / s
+  raise EdgediffError(f"unknown prediction type {prediction_type!r}")
+
+
+@dataclasses.dataclass
+class Generation:
+  image: np.ndarray  # (3, H, W) in [0, 1]
+  latents: list[np.ndarray]  # after each step
+  seconds: dict[str, float]
+
+
+def generate(backend: Backend, prompt: str, steps: int = 8, guidance: float = 1.0,
+             seed: int = 0, progress: bool = True) -> Generation:
+  seconds = {"text_encoder": 0.0, "unet": 0.0, "vae_decoder": 0.0}
+
+  def timed(component, feeds):
+    start = time.perf_counter()
+    out = backend.runners[component](feeds)
+    seconds[component] += time.perf_counter() - start
+    return out
+
+  use_cfg = guidance != 1.0
+  prompts = ["", prompt] if use_cfg else [prompt]
+  embeddings = [timed("text_encoder", {"input_ids": tokenize([p], backend.tokenizer).numpy()})
+                for p in prompts]  # each (1, 77, D)
+  generator = torch.Generator().manual_seed(seed)
+  x = torch.randn((1, *backend.latent_shape), generator=generator).numpy()
+  abar_all = schedule.alphas_cumprod().numpy().astype(np.float64)
+  timesteps = ddim_timesteps(steps)
+  latents = []
+  for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
+    if use_cfg and backend.unet_batch == 2:
+      out = timed("unet", {"sample": np.concatenate([x, x]),
+                           "timestep": np.full((2,), t, np.float32),
+                           "encoder_hidden_states": np.concatenate(embeddings)})
+      outs = [out[:1], out[1:]]
+    else:
+      outs = [timed("unet", {"sample": x, "timestep": np.full((1,), t, np.float32),
+                             "encoder_hidden_states": e}) for e in embeddings]
+    model_out = outs[0] + guidance * (outs[1] - outs[0]) if use_cfg else outs[0]
+    abar = abar_all[t]
+    x0, eps = predict_x0_eps(model_out.astype(np.float64), x.astype(np.float64), abar,
+                             backend.prediction_type)
+    if steps == 1:
+      x = x0  # the one-step x0 path of UFOGen-style one-step models
+    else:
+      # DDIM with eta 0; after the last step SD's final alpha is abar[0] (not 1).
+      abar_prev = abar_all[timesteps[i + 1]] if i + 1 < len(timesteps) else abar_all[0]
+      x = np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev) * eps
+    x = x.astype(np.float32)
+    latents.append(x)
+  image = timed("vae_decoder", {"latent": x})[0]
+  return Generation(image=image, latents=latents, seconds=seconds)
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  from PIL import Image
+
+  pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)  # (H, W, 3)
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  Image.fromarray(pixels).save(tmp)
+  os.replace(tmp, path)
+
+
+def image_psnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+  """PSNR of two [0, 1] images (peak 1)."""
+  mse = float(np.mean((reference.astype(np.float64) - actual.astype(np.float64)) ** 2))
+  return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)

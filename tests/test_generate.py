@@ -1,0 +1,103 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgediff import cli, generate as gen, pipeline, schedule
+from edgediff.export import e2e, exporter
+
+EXPORTS = [("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("onnx", "int8_dynamic")]
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("gen"))
+  pipe = pipeline.open_pipeline("md-tiny")
+  for fmt, recipe in EXPORTS:
+    exporter.export_pipeline(pipe, exporter.ExportOptions(fmt=fmt, out=out, recipe=recipe))
+  return out
+
+
+def test_ddim_matches_diffusers():
+  from diffusers import DDIMScheduler
+
+  scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                            clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+  scheduler.set_timesteps(8)
+  np.testing.assert_array_equal(gen.ddim_timesteps(8), scheduler.timesteps.numpy())
+  torch.manual_seed(0)
+  x = torch.randn(1, 4, 8, 8)
+  expected = x.clone()
+  ours = x.numpy().astype(np.float64)
+  abar = schedule.alphas_cumprod().numpy().astype(np.float64)
+  steps = gen.ddim_timesteps(8)
+  for i, t in enumerate(steps):
+    eps = torch.sin(expected * 3 + float(t) / 100)  # a fixed stand-in for a UNet
+    expected = scheduler.step(eps, int(t), expected).prev_sample
+    eps_ours = np.sin(ours * 3 + float(t) / 100)
+    x0, e = gen.predict_x0_eps(eps_ours, ours, abar[t], "epsilon")
+    prev = abar[steps[i + 1]] if i + 1 < len(steps) else abar[0]
+    ours = np.sqrt(prev) * x0 + np.sqrt(1 - prev) * e
+  np.testing.assert_allclose(ours, expected.numpy(), atol=1e-4)
+
+
+def test_prediction_types_recover_x0():
+  rng = np.random.default_rng(0)
+  x0, eps = rng.standard_normal((2, 4, 8, 8))
+  abar = 0.3
+  x = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+  v = np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0
+  for kind, out in (("epsilon", eps), ("v_prediction", v), ("sample", x0)):
+    got_x0, got_eps = gen.predict_x0_eps(out, x, abar, kind)
+    np.testing.assert_allclose(got_x0, x0, atol=1e-9)
+    np.testing.assert_allclose(got_eps, eps, atol=1e-9)
+
+
+@pytest.mark.parametrize("fmt,recipe", EXPORTS)
+def test_end_to_end_images_agree(out_dir, fmt, recipe):
+  folder = os.path.join(out_dir, "md-tiny", fmt, recipe)
+  result = e2e.run(folder, ["a red circle", "a blue square"], seeds=1, steps=4)
+  assert result["passed"], e2e.summary(result)
+  assert result["mean_psnr_db"] >= e2e.E2E_PSNR_DB[recipe]
+  for case in result["cases"]:
+    assert len(case.drift_db) == 4  # one point per step
+    assert case.image.shape == (3, 128, 128)
+  if recipe != "fp32":
+    assert result["mean_psnr_db"] < 100  # the quantized pipeline is not secretly fp32
+
+
+def test_onnx_and_tflite_agree(out_dir):
+  images = []
+  for fmt in ("onnx", "tflite"):
+    backend = gen.artifact_backend(os.path.join(out_dir, "md-tiny", fmt, "fp32"))
+    images.append(gen.generate(backend, "a green star", steps=3, seed=2, progress=False).image)
+  assert gen.image_psnr_db(images[0], images[1]) > 60
+
+
+def test_generate_cli(out_dir, tmp_path, capsys):
+  png = tmp_path / "x.png"
+  assert cli.main(["generate", "--prompt", "a red circle", "--out", str(png), "--steps", "3",
+                   "--guidance", "2"]) == 0
+  assert Image.open(png).size == (128, 128)
+  folder = os.path.join(out_dir, "md-tiny", "onnx", "int8_dynamic")
+  assert cli.main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "q.png"),
+                   "--artifacts", folder, "--steps", "3"]) == 0
+  out = capsys.readouterr().out
+  assert "image PSNR against PyTorch fp32" in out and "time per component" in out
+
+
+def test_parity_e2e_cli_and_report(out_dir, tmp_path, capsys):
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a red circle\n")
+  report = tmp_path / "r" / "report.html"
+  assert cli.main(["parity", os.path.join(out_dir, "md-tiny", "tflite"), "--e2e", "--prompts",
+                   str(prompts), "--steps", "2", "--report", str(report), "--json"]) == 0
+  summaries = json.loads(capsys.readouterr().out)
+  assert {s["recipe"] for s in summaries} == {"fp32", "fp16"}
+  assert all(len(s["cases"][0]["drift_db"]) == 2 for s in summaries)
+  page = report.read_text()
+  assert "data:image/png;base64," in page and "fp16" in page
+  assert Image.open(tmp_path / "r" / "report.png").size[0] > 500
