@@ -175,6 +175,25 @@ def cmd_generate(args) -> int:
   return 0
 
 
+def cmd_bench(args) -> int:
+  from edgediff import bench
+  from edgediff.export import check
+
+  record = bench.run_bench(check.find_manifests(args.dir), args.runs, args.threads,
+                           args.steps, args.guidance, args.results)
+  if args.json:
+    print(json.dumps(record, indent=1))
+    return 0
+  rows = [{k: ("-" if r.get(k) is None else r[k]) for k in bench.SCHEMA} for r in record["rows"]]
+  _print_table(rows, list(bench.SCHEMA))
+  print(f"\ntime per image ({args.steps} steps{', guidance' if args.guidance else ''}):")
+  for backend, seconds in sorted(record["seconds_per_image"].items()):
+    print(f"  {backend}: {seconds:.3f} s")
+  if args.results:
+    print(f"appended to {args.results}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="edgediff", description="Mobile text-to-image diffusion models to ONNX and TFLite.")
@@ -226,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
                  help="classifier-free guidance scale (1: off)")
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=cmd_generate)
+
+  p = sub.add_parser("bench", help="host latency and memory of an export, per backend")
+  p.add_argument("dir", help="an export folder (searched for manifest.json files)")
+  p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+  p.add_argument("--runs", type=int, default=20, help="timed runs after one warm-up")
+  p.add_argument("--steps", type=int, default=8, help="denoising steps for time per image")
+  p.add_argument("--guidance", action="store_true", help="time per image with guidance")
+  p.add_argument("--results", default="bench_results.jsonl",
+                 help="append results with the machine description (default: "
+                      "bench_results.jsonl; '' to skip)")
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=cmd_bench)
 
   p = sub.add_parser("parity", help="re-run the parity gate on an exported folder")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")

@@ -39,8 +39,8 @@ def tflite_runner(path: str, threads: int | None = None) -> Runner:
 RUNNERS = {"onnx": onnx_runner, "tflite": tflite_runner}
 
 
-def load_runner(fmt: str, path: str) -> Runner:
-  return RUNNERS[fmt](path)
+def load_runner(fmt: str, path: str, threads: int | None = None) -> Runner:
+  return RUNNERS[fmt](path, threads) if threads else RUNNERS[fmt](path)
 
 
 def median_latency_ms(run: Runner, feeds: dict[str, np.ndarray], runs: int = 5) -> float:
