@@ -258,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.set_defaults(func=cmd_bench)
 
+  from edgediff import adb
+
+  p = sub.add_parser("adb-bench", help="TFLite benchmark_model on an Android phone over ADB")
+  adb.add_arguments(p)
+  p.set_defaults(func=adb.run_and_report)
+
   p = sub.add_parser("parity", help="re-run the parity gate on an exported folder")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")
   p.add_argument("--json", action="store_true")

@@ -1,0 +1,226 @@
+"""`edgediff adb-bench`: the TFLite benchmark_model tool on an Android phone over ADB.
+
+Pushes the .tflite artifacts of an export and a `benchmark_model` binary that the user
+provides (it cannot be fetched here: build it from TensorFlow's
+tensorflow/lite/tools/benchmark with bazel, or take the prebuilt
+`android_aarch64_benchmark_model` linked from the LiteRT performance-measurement page) to
+/data/local/tmp/edgediff on the device, runs it per component with the chosen delegates,
+parses its output into the same row schema as `edgediff bench`, and records the device
+model, Android version, SoC and battery temperature before and after each component.
+
+Every device command is built with shlex.join from an argument list: user strings (paths,
+serials) never reach the device shell unquoted. Host-side adb calls take argument lists.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from edgediff.errors import EdgediffError
+
+REMOTE_DIR = "/data/local/tmp/edgediff"
+
+
+def parse_benchmark_output(text: str) -> dict:
+  """Numbers from benchmark_model's log (times in ms, memory in MB; None when absent)."""
+  out = {"load_ms": None, "first_ms": None, "warmup_avg_ms": None, "avg_ms": None,
+         "min_ms": None, "max_ms": None, "std_ms": None, "runs": None,
+         "init_memory_mb": None, "overall_memory_mb": None, "peak_memory_mb": None}
+  m = re.search(r"Inference timings in us: Init: ([\d.]+), First inference: ([\d.]+), "
+                r"Warmup \(avg\): ([\d.e+-]+), Inference \(avg\): ([\d.e+-]+)", text)
+  if not m:
+    raise EdgediffError("benchmark_model printed no 'Inference timings in us' line; "
+                        "its output ends with: " + text.strip()[-300:])
+  out["load_ms"], out["first_ms"], out["warmup_avg_ms"], out["avg_ms"] = (
+      float(v) / 1e3 for v in m.groups())
+  counts = re.findall(r"count=(\d+) first=\d+ curr=\d+ min=(\d+) max=(\d+) avg=([\d.e+-]+) "
+                      r"std=(\d+)", text)
+  if counts:  # the last count line is the measured run (the first is the warm-up)
+    runs, lo, hi, _, std = counts[-1]
+    out.update(runs=int(runs), min_ms=int(lo) / 1e3, max_ms=int(hi) / 1e3,
+               std_ms=int(std) / 1e3)
+  m = re.search(r"Memory footprint delta from the start of the tool \(MB\): "
+                r"init=([\d.]+) overall=([\d.]+)", text)
+  if m:
+    out["init_memory_mb"], out["overall_memory_mb"] = float(m.group(1)), float(m.group(2))
+  m = re.search(r"Overall peak memory footprint \(MB\) via periodic monitoring: ([\d.]+)", text)
+  if m:
+    out["peak_memory_mb"] = float(m.group(1))
+  return out
+
+
+class Device:
+  """One device, reached by serial; every call is an argument list."""
+
+  def __init__(self, adb: str, serial: str):
+    self.adb = adb
+    self.serial = serial
+
+  def _run(self, *args: str, timeout: float = 600) -> str:
+    try:
+      proc = subprocess.run([self.adb, "-s", self.serial, *args], capture_output=True,
+                            text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+      raise EdgediffError(f"adb {args[0]} on {self.serial} timed out after {timeout:.0f} s")
+    if proc.returncode != 0:
+      raise EdgediffError(f"adb {args[0]} on {self.serial} failed: "
+                          f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+    return proc.stdout
+
+  def shell(self, argv: list[str], timeout: float = 600) -> str:
+    return self._run("shell", shell_command(argv), timeout=timeout)
+
+  def push(self, local: str, remote: str) -> None:
+    self._run("push", local, remote)
+
+  def getprop(self, name: str) -> str:
+    return self.shell(["getprop", name]).strip()
+
+  def battery_celsius(self) -> float | None:
+    m = re.search(r"temperature: (\d+)", self.shell(["dumpsys", "battery"]))
+    return int(m.group(1)) / 10 if m else None
+
+  def describe(self) -> dict:
+    soc = self.getprop("ro.soc.model") or self.getprop("ro.board.platform")
+    return {"serial": self.serial, "model": self.getprop("ro.product.model"),
+            "android": self.getprop("ro.build.version.release"), "soc": soc,
+            "abi": self.getprop("ro.product.cpu.abi")}
+
+
+def shell_command(argv: list[str]) -> str:
+  """One device shell command line with every argument quoted."""
+  return shlex.join(argv)
+
+
+def find_adb() -> str:
+  adb = shutil.which("adb")
+  if not adb:
+    raise EdgediffError("adb not found on PATH: install Android platform-tools "
+                        "(e.g. apt-get install adb) and connect a device with USB debugging")
+  return adb
+
+
+def pick_device(adb: str, serial: str | None) -> Device:
+  listing = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=60).stdout
+  states = dict(line.split()[:2] for line in listing.splitlines()[1:] if len(line.split()) >= 2)
+  if serial and serial not in states:
+    raise EdgediffError(f"device {serial} is not connected (adb devices lists "
+                        f"{', '.join(states) or 'no device'})")
+  if not serial:
+    if not states:
+      raise EdgediffError("no Android device connected: adb devices lists none; connect a "
+                          "phone with USB debugging on, or pass --serial")
+    if len(states) > 1:
+      raise EdgediffError(f"several devices connected ({', '.join(states)}): pick one with "
+                          "--serial")
+    serial = next(iter(states))
+  state = states[serial]
+  if state == "unauthorized":
+    raise EdgediffError(f"device {serial} is unauthorized: accept the USB debugging prompt "
+                        "on the phone")
+  if state != "device":
+    raise EdgediffError(f"device {serial} is {state}: reconnect it (adb reconnect)")
+  return Device(adb, serial)
+
+
+def benchmark_argv(remote_binary: str, remote_model: str, args) -> list[str]:
+  argv = [remote_binary, f"--graph={remote_model}", f"--num_threads={args.threads}",
+          f"--warmup_runs={args.warmup_runs}", f"--num_runs={args.runs}",
+          f"--use_xnnpack={'true' if args.xnnpack else 'false'}",
+          "--report_peak_memory_footprint=true"]
+  if args.gpu:
+    argv.append("--use_gpu=true")
+  if args.nnapi:
+    argv.append("--use_nnapi=true")
+  if args.allow_fp16:
+    argv += ["--allow_fp16=true", "--gpu_precision_loss_allowed=true"]
+  return argv
+
+
+def run(args) -> dict:
+  from edgediff.export import exporter
+
+  if not os.path.isfile(args.benchmark_binary):
+    raise EdgediffError(f"{args.benchmark_binary}: no such benchmark_model binary; build it "
+                        "from tensorflow/lite/tools/benchmark or take the prebuilt "
+                        "android_aarch64_benchmark_model from the LiteRT performance docs")
+  manifest = exporter.read_manifest(args.dir)
+  if manifest is None or manifest.get("format") != "tflite":
+    raise EdgediffError(f"{args.dir}: not a TFLite export folder (no tflite manifest.json)")
+  adb = find_adb()
+  device = pick_device(adb, args.serial)
+  info = device.describe()
+  device.shell(["mkdir", "-p", REMOTE_DIR])
+  remote_binary = f"{REMOTE_DIR}/benchmark_model"
+  device.push(args.benchmark_binary, remote_binary)
+  device.shell(["chmod", "755", remote_binary])
+  rows = []
+  components = args.component or list(manifest["components"])
+  for i, component in enumerate(components):
+    entry = manifest["components"][component]
+    remote_model = f"{REMOTE_DIR}/{entry['file']}"
+    device.push(os.path.join(args.dir, entry["file"]), remote_model)
+    if i:
+      time.sleep(args.cooldown)  # let the SoC cool between components
+    before = device.battery_celsius()
+    log = device.shell(benchmark_argv(remote_binary, remote_model, args), timeout=3600)
+    after = device.battery_celsius()
+    parsed = parse_benchmark_output(log)
+    rows.append({"backend": f"tflite-device/{manifest['recipe']}", "component": component,
+                 "file_mb": round(entry["bytes"] / 1e6, 3), "median_ms": None,
+                 "p90_ms": None, "p95_ms": None, "peak_rss_mb": parsed["peak_memory_mb"],
+                 "threads": args.threads, **parsed, "battery_c_before": before,
+                 "battery_c_after": after})
+    if args.log_dir:
+      os.makedirs(args.log_dir, exist_ok=True)
+      with open(os.path.join(args.log_dir, f"{component}.log"), "w") as f:
+        f.write(log)
+  return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+          "device": info, "options": {k: getattr(args, k) for k in (
+              "threads", "runs", "warmup_runs", "xnnpack", "gpu", "nnapi", "allow_fp16",
+              "cooldown")}, "rows": rows}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("dir", help="a TFLite export folder (out/<pipeline>/tflite/<recipe>)")
+  p.add_argument("--benchmark-binary", required=True, metavar="PATH",
+                 help="a TFLite benchmark_model binary for the phone's ABI")
+  p.add_argument("--serial", help="the device (default: the only one connected)")
+  p.add_argument("--component", action="append",
+                 choices=["text_encoder", "unet", "vae_decoder"])
+  p.add_argument("--threads", type=int, default=4)
+  p.add_argument("--runs", type=int, default=50)
+  p.add_argument("--warmup-runs", type=int, default=5)
+  p.add_argument("--no-xnnpack", dest="xnnpack", action="store_false")
+  p.add_argument("--gpu", action="store_true", help="the GPU delegate")
+  p.add_argument("--nnapi", action="store_true", help="the NNAPI delegate")
+  p.add_argument("--allow-fp16", action="store_true", help="allow fp16 compute")
+  p.add_argument("--cooldown", type=float, default=30.0, help="seconds between components")
+  p.add_argument("--out", default="adb_bench.json", help="where to write the results")
+  p.add_argument("--log-dir", help="keep benchmark_model's raw output per component here")
+
+
+def run_and_report(args) -> int:
+  """Runs, writes the results to args.out and prints them."""
+  result = run(args)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(json.dumps(result, indent=1))
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="adb_benchmark", description=__doc__.splitlines()[0])
+  add_arguments(parser)
+  try:
+    return run_and_report(parser.parse_args(argv))
+  except EdgediffError as e:
+    print(f"adb-bench: error: {e}", file=sys.stderr)
+    return 2

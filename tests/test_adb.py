@@ -1,0 +1,121 @@
+import os
+import shlex
+import stat
+
+import pytest
+
+from edgediff import adb, cli
+
+# benchmark_model's log, in the documented format (TFLite performance-measurement docs).
+BENCHMARK_LOG = """\
+STARTING!
+Log parameter values verbosely: [0]
+Num threads: [4]
+Graph: [/data/local/tmp/edgediff/unet.tflite]
+Use xnnpack: [1]
+Loaded model /data/local/tmp/edgediff/unet.tflite
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
+The input model file size (MB): 98.7654
+Initialized session in 812.345ms.
+Running benchmark for at least 5 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+count=5 first=451234 curr=401234 min=399876 max=451234 avg=411234 std=19876
+
+Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+count=50 first=402345 curr=398765 min=395432 max=409876 avg=400123 std=2345
+
+Inference timings in us: Init: 812345, First inference: 451234, Warmup (avg): 411234, Inference (avg): 400123
+Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
+Memory footprint delta from the start of the tool (MB): init=150.5 overall=210.25
+Overall peak memory footprint (MB) via periodic monitoring: 230.75
+"""
+
+
+def test_parser_reads_the_documented_output():
+  out = adb.parse_benchmark_output(BENCHMARK_LOG)
+  assert out["load_ms"] == pytest.approx(812.345)
+  assert out["first_ms"] == pytest.approx(451.234)
+  assert out["warmup_avg_ms"] == pytest.approx(411.234)
+  assert out["avg_ms"] == pytest.approx(400.123)
+  assert (out["runs"], out["min_ms"], out["max_ms"], out["std_ms"]) == (
+      50, pytest.approx(395.432), pytest.approx(409.876), pytest.approx(2.345))
+  assert (out["init_memory_mb"], out["overall_memory_mb"], out["peak_memory_mb"]) == (
+      150.5, 210.25, 230.75)
+
+
+def test_parser_refuses_output_without_timings():
+  with pytest.raises(adb.EdgediffError, match="no 'Inference timings in us' line"):
+    adb.parse_benchmark_output("ERROR: Could not open '/data/local/tmp/x.tflite'.\n")
+
+
+def test_device_commands_are_quoted():
+  args = ["/data/local/tmp/edgediff/benchmark_model", "--graph=/data/x; rm -rf /sdcard",
+          "it's $(reboot)"]
+  line = adb.shell_command(args)
+  assert shlex.split(line) == args  # the device shell sees exactly these arguments
+  assert "'--graph=/data/x; rm -rf /sdcard'" in line
+
+
+def _fake_adb(tmp_path, devices_output: str):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  script = bin_dir / "adb"
+  script.write_text(f"#!/bin/sh\nprintf '{devices_output}'\n")
+  script.chmod(script.stat().st_mode | stat.S_IEXEC)
+  return str(bin_dir)
+
+
+def _export_folder(tmp_path):
+  folder = tmp_path / "export"
+  folder.mkdir()
+  (folder / "manifest.json").write_text(
+      '{"format": "tflite", "recipe": "fp32", "components": {}}')
+  binary = tmp_path / "benchmark_model"
+  binary.write_text("")
+  return str(folder), str(binary)
+
+
+@pytest.mark.parametrize("devices,message", [
+    (None, "adb not found on PATH"),
+    ("List of devices attached\\n\\n", "no Android device connected"),
+    ("List of devices attached\\nR58M123 unauthorized\\n", "device R58M123 is unauthorized"),
+    ("List of devices attached\\nR58M123 offline\\n", "device R58M123 is offline"),
+])
+def test_no_usable_device_exits_non_zero(tmp_path, monkeypatch, capsys, devices, message):
+  folder, binary = _export_folder(tmp_path)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  monkeypatch.setenv("PATH", _fake_adb(tmp_path, devices) if devices else str(empty))
+  code = cli.main(["adb-bench", folder, "--benchmark-binary", binary])
+  assert code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_serial_is_named(tmp_path, monkeypatch, capsys):
+  folder, binary = _export_folder(tmp_path)
+  monkeypatch.setenv("PATH", _fake_adb(tmp_path, "List of devices attached\\nAAA device\\n"))
+  assert cli.main(["adb-bench", folder, "--benchmark-binary", binary, "--serial", "BBB"]) == 2
+  assert "device BBB is not connected" in capsys.readouterr().err
+
+
+def test_missing_binary_is_named(tmp_path, capsys):
+  folder, _ = _export_folder(tmp_path)
+  missing = os.path.join(str(tmp_path), "nope", "benchmark_model")
+  assert cli.main(["adb-bench", folder, "--benchmark-binary", missing]) == 2
+  assert f"{missing}: no such benchmark_model binary" in capsys.readouterr().err
+
+
+def test_script_in_android_demo_runs(tmp_path, capsys):
+  import runpy
+  import sys
+
+  folder, _ = _export_folder(tmp_path)
+  script = os.path.join(os.path.dirname(__file__), "..", "android_demo", "scripts",
+                        "adb_benchmark.py")
+  argv = sys.argv
+  sys.argv = [script, folder, "--benchmark-binary", str(tmp_path / "missing")]
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      runpy.run_path(script, run_name="__main__")
+  finally:
+    sys.argv = argv
+  assert exit_info.value.code == 2
+  assert "no such benchmark_model binary" in capsys.readouterr().err
