@@ -8,66 +8,20 @@ from onnx import numpy_helper
 import pytest
 
 from edgediff import cli, pipeline
-from edgediff.export import exporter, parity, runtimes
+from edgediff.export import exporter, runtimes
 from tests.test_checkpoints import write_tiny_diffusers_folder
 
-# Every tiny spec once: md-tiny carries the text encoder and md-decoder.
-CASES = [
-    ("md-tiny", ("text_encoder", "unet", "vae_decoder")),
-    ("md-lite-tiny", ("unet",)),
-    ("sd15-tiny", ("unet", "vae_decoder")),
-    ("snapfusion-tiny", ("unet", "vae_decoder")),
-    ("snapgen-tiny", ("unet", "vae_decoder")),
-]
-
-
 @pytest.fixture(scope="module")
-def out_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("export"))
+def md_tiny_onnx(tmp_path_factory):
+  """md-tiny exported to ONNX fp32: (out dir, export folder)."""
+  out = str(tmp_path_factory.mktemp("export"))
+  manifest = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"),
+                                      exporter.ExportOptions(fmt="onnx", out=out))
+  return out, manifest["folder"]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-@pytest.mark.parametrize("name,components", CASES, ids=[c[0] for c in CASES])
-def test_export_every_tiny_spec(out_dir, name, components, fmt):
-  opts = exporter.ExportOptions(fmt=fmt, out=out_dir, components=components)
-  manifest = exporter.export_pipeline(pipeline.open_pipeline(name), opts)
-  folder = manifest["folder"]
-  assert folder == os.path.join(out_dir, name, fmt, "fp32")
-  on_disk = json.load(open(os.path.join(folder, "manifest.json")))
-  assert on_disk["passed"] and set(on_disk["components"]) == set(components)
-  for component in components:
-    entry = on_disk["components"][component]
-    report = entry["parity"]
-    assert report["psnr_db"] >= parity.THRESHOLDS["fp32"].psnr_db
-    assert report["cosine"] >= parity.THRESHOLDS["fp32"].cosine
-    assert report["max_abs"] < 1e-3 and report["samples"] == exporter.PARITY_SAMPLES
-    # The golden file reproduces PyTorch through the runtime, independently of edgediff's gate.
-    golden = np.load(os.path.join(folder, entry["golden"]))
-    run = runtimes.load_runner(fmt, os.path.join(folder, entry["file"]))
-    feeds = {i["name"]: golden[i["name"]] for i in entry["inputs"]}
-    out_name = entry["outputs"][0]["name"]
-    np.testing.assert_allclose(run(feeds)[out_name], golden[f"expected_{out_name}"],
-                               atol=1e-4, rtol=1e-3)
-    assert entry["bytes"] == os.path.getsize(os.path.join(folder, entry["file"]))
-  # No temporary files are left behind.
-  assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
-
-
-def test_tflite_signature_has_named_io(out_dir):
-  from ai_edge_litert.interpreter import Interpreter
-
-  path = os.path.join(out_dir, "md-tiny", "tflite", "fp32", "unet.tflite")
-  if not os.path.isfile(path):
-    pytest.skip("needs test_export_every_tiny_spec")
-  sig = Interpreter(model_path=path).get_signature_list()["serving_default"]
-  assert sorted(sig["inputs"]) == ["encoder_hidden_states", "sample", "timestep"]
-  assert sig["outputs"] == ["noise_pred"]
-
-
-def test_rerun_skips_and_parity_passes(out_dir, capsys):
-  folder = os.path.join(out_dir, "md-tiny", "onnx", "fp32")
-  if not os.path.isdir(folder):
-    pytest.skip("needs test_export_every_tiny_spec")
+def test_rerun_skips_and_parity_passes(md_tiny_onnx, capsys):
+  out_dir, folder = md_tiny_onnx
   before = os.path.getmtime(os.path.join(folder, "unet.onnx"))
   assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--out", out_dir]) == 0
   assert os.path.getmtime(os.path.join(folder, "unet.onnx")) == before
@@ -77,10 +31,8 @@ def test_rerun_skips_and_parity_passes(out_dir, capsys):
   assert len(results) == 3 and all(r["passed"] and r["sha256_ok"] for r in results)
 
 
-def test_broken_artifact_fails_parity(out_dir, tmp_path, capsys):
-  src = os.path.join(out_dir, "md-tiny", "onnx", "fp32")
-  if not os.path.isdir(src):
-    pytest.skip("needs test_export_every_tiny_spec")
+def test_broken_artifact_fails_parity(md_tiny_onnx, tmp_path, capsys):
+  _, src = md_tiny_onnx
   folder = str(tmp_path / "broken")
   shutil.copytree(src, folder)
   path = os.path.join(folder, "unet.onnx")
@@ -159,3 +111,17 @@ def test_over_2gb_flatbuffer_is_refused_before_work(tmp_path, capsys):
   assert "unet: its fp32 weights take 3.20 GB, over the 2 GB TFLite flatbuffer limit" in err
   assert "--fp16" in err
   assert not os.path.exists(tmp_path / "sd15" / "tflite" / "fp32" / "manifest.json")
+
+
+def test_cfg_batch_and_resolution(tmp_path, capsys):
+  code = cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "unet", "--cfg",
+                   "--resolution", "64", "--out", str(tmp_path), "--json"])
+  assert code == 0
+  manifest = json.loads(capsys.readouterr().out)
+  shapes = {i["name"]: i["shape"] for i in manifest["components"]["unet"]["inputs"]}
+  assert shapes == {"sample": [2, 8, 8, 8], "timestep": [2],
+                    "encoder_hidden_states": [2, 77, 64]}
+  assert manifest["batch"] == 2 and manifest["latent_size"] == 8
+  assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--resolution", "60",
+                   "--out", str(tmp_path)]) == 2
+  assert "--resolution 60 is not a multiple of 8" in capsys.readouterr().err

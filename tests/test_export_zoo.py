@@ -1,0 +1,60 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgediff import pipeline
+from edgediff.export import exporter, parity, runtimes
+
+# Every tiny spec once: md-tiny carries the text encoder and md-decoder.
+CASES = [
+    ("md-tiny", ("text_encoder", "unet", "vae_decoder")),
+    ("md-lite-tiny", ("unet",)),
+    ("sd15-tiny", ("unet", "vae_decoder")),
+    ("snapfusion-tiny", ("unet", "vae_decoder")),
+    ("snapgen-tiny", ("unet", "vae_decoder")),
+]
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("export"))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("name,components", CASES, ids=[c[0] for c in CASES])
+def test_export_every_tiny_spec(out_dir, name, components, fmt):
+  opts = exporter.ExportOptions(fmt=fmt, out=out_dir, components=components)
+  manifest = exporter.export_pipeline(pipeline.open_pipeline(name), opts)
+  folder = manifest["folder"]
+  assert folder == os.path.join(out_dir, name, fmt, "fp32")
+  on_disk = json.load(open(os.path.join(folder, "manifest.json")))
+  assert on_disk["passed"] and set(on_disk["components"]) == set(components)
+  for component in components:
+    entry = on_disk["components"][component]
+    report = entry["parity"]
+    assert report["psnr_db"] >= parity.THRESHOLDS["fp32"].psnr_db
+    assert report["cosine"] >= parity.THRESHOLDS["fp32"].cosine
+    assert report["max_abs"] < 1e-3 and report["samples"] == exporter.PARITY_SAMPLES
+    # The golden file reproduces PyTorch through the runtime, independently of edgediff's gate.
+    golden = np.load(os.path.join(folder, entry["golden"]))
+    run = runtimes.load_runner(fmt, os.path.join(folder, entry["file"]))
+    feeds = {i["name"]: golden[i["name"]] for i in entry["inputs"]}
+    out_name = entry["outputs"][0]["name"]
+    np.testing.assert_allclose(run(feeds)[out_name], golden[f"expected_{out_name}"],
+                               atol=1e-4, rtol=1e-3)
+    assert entry["bytes"] == os.path.getsize(os.path.join(folder, entry["file"]))
+  # No temporary files are left behind.
+  assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+
+
+def test_tflite_signature_has_named_io(out_dir):
+  from ai_edge_litert.interpreter import Interpreter
+
+  path = os.path.join(out_dir, "md-tiny", "tflite", "fp32", "unet.tflite")
+  if not os.path.isfile(path):
+    pytest.skip("needs test_export_every_tiny_spec")
+  sig = Interpreter(model_path=path).get_signature_list()["serving_default"]
+  assert sorted(sig["inputs"]) == ["encoder_hidden_states", "sample", "timestep"]
+  assert sig["outputs"] == ["noise_pred"]
