@@ -209,9 +209,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_and_report(args) -> int:
   """Runs, writes the results to args.out and prints them."""
+  from edgediff import atomic
+
   result = run(args)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  atomic.write_json(args.out, result)
   print(json.dumps(result, indent=1))
   return 0
 

@@ -13,8 +13,9 @@ import os
 import torch
 from torch import nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from edgediff import atomic
 from edgediff.errors import EdgediffError
 from edgediff.models import decoders, text_encoder
 
@@ -41,10 +42,8 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: str) -> None:
-  """Atomic safetensors write: a killed run leaves the old file or none, never half of one."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-  os.replace(tmp, path)
+  """An atomic safetensors write."""
+  atomic.write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
 def _candidates(name: str, component: str) -> list[str]:

@@ -5,6 +5,7 @@ ai_edge_litert; the runners of an export read its manifest for names, shapes and
 """
 
 import dataclasses
+import io
 import os
 import time
 from typing import Callable
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgediff import schedule
+from edgediff import atomic, schedule
 from edgediff.errors import EdgediffError
 from edgediff.models.text_encoder import tokenize
 
@@ -147,9 +148,9 @@ def save_png(image: np.ndarray, path: str) -> None:
   from PIL import Image
 
   pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)  # (H, W, 3)
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  Image.fromarray(pixels).save(tmp)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format="PNG")
+  atomic.write_bytes(path, buffer.getvalue())
 
 
 def image_psnr_db(reference: np.ndarray, actual: np.ndarray) -> float:

@@ -1,7 +1,6 @@
 """ai-edge-quantizer 0.10.0 crashes on conv weights over 32 MiB; edgediff works around it."""
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 

@@ -3,7 +3,6 @@ import os
 import pytest
 
 from edgediff import cli, pipeline
-from edgediff.errors import EdgediffError
 from edgediff.export import exporter, parity
 from edgediff.quant import recipes
 

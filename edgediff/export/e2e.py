@@ -10,10 +10,10 @@ import base64
 import dataclasses
 import html
 import io
-import os
 
 import numpy as np
 
+from edgediff import atomic
 from edgediff import generate as gen
 from edgediff import pipeline as pipeline_lib
 from edgediff.export import exporter, parity
@@ -101,7 +101,7 @@ def write_report(results: list[dict], png_path: str, html_path: str | None = Non
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=80)
   plt.close(fig)
-  _write_bytes(buffer.getvalue(), png_path)
+  atomic.write_bytes(png_path, buffer.getvalue())
   if html_path:
     table = "".join(
         f"<tr><td>{html.escape(r['format'])}</td><td>{html.escape(r['recipe'])}</td>"
@@ -114,12 +114,4 @@ def write_report(results: list[dict], png_path: str, html_path: str | None = Non
         "<tr><th>format</th><th>recipe</th><th>mean image PSNR (dB)</th><th>mean SSIM</th>"
         f"<th>threshold (dB)</th><th>gate</th></tr>{table}</table>"
         f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>")
-    _write_bytes(page.encode(), html_path)
-
-
-def _write_bytes(data: bytes, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+    atomic.write_bytes(html_path, page.encode())

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import edgediff
+from edgediff import atomic
 from edgediff import pipeline as pipeline_lib
 from edgediff.errors import EdgediffError
 from edgediff.export import inputs as inputs_lib
@@ -57,13 +58,6 @@ def sha256(path: str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
-
-
-def write_json_atomic(data: dict, path: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=1)
-  os.replace(tmp, path)
 
 
 def runtime_versions() -> dict[str, str]:
@@ -229,7 +223,7 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
     manifest["components"][component] = entry
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     manifest["passed"] = all(e["passed"] for e in manifest["components"].values())
-    write_json_atomic(manifest, os.path.join(folder, MANIFEST))
+    atomic.write_json(os.path.join(folder, MANIFEST), manifest)
   manifest["folder"] = folder
   return manifest
 
@@ -271,7 +265,7 @@ def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
   manifest = manifests[chosen]
   manifest["int8_selection"] = {"chosen": chosen, "why": why, "candidates": candidates}
   folder = manifest.pop("folder")
-  write_json_atomic(manifest, os.path.join(folder, MANIFEST))
+  atomic.write_json(os.path.join(folder, MANIFEST), manifest)
   manifest["folder"] = folder
   log(f"--int8: chose {chosen}: {why}")
   return manifest
