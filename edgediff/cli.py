@@ -56,7 +56,7 @@ def cmd_export(args) -> int:
       fmt=args.fmt, out=args.out, recipe=recipe,
       components=tuple(args.component or exporter.COMPONENTS),
       batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort,
-      nhwc=args.nhwc)
+      nhwc=args.nhwc, calib_prompts=_read_prompts(args.calib_prompts))
   if args.int8:
     manifest = exporter.export_int8(pipe, opts)
   else:
@@ -80,16 +80,24 @@ def cmd_export(args) -> int:
   return 1 if failures else 0
 
 
+def _read_prompts(path: str | None) -> tuple[str, ...] | None:
+  """One prompt per line; None without a file."""
+  if not path:
+    return None
+  try:
+    with open(path) as f:
+      prompts = tuple(line.strip() for line in f if line.strip())
+  except OSError as e:
+    raise EdgediffError(f"{path}: cannot read prompts ({e.strerror})") from None
+  if not prompts:
+    raise EdgediffError(f"{path}: no prompts in it")
+  return prompts
+
+
 def cmd_parity_e2e(args) -> int:
   from edgediff.export import check, e2e, inputs
 
-  prompts = inputs.shipped_prompts()
-  if args.prompts:
-    try:
-      with open(args.prompts) as f:
-        prompts = [line.strip() for line in f if line.strip()]
-    except OSError as e:
-      raise EdgediffError(f"{args.prompts}: cannot read prompts ({e.strerror})") from None
+  prompts = _read_prompts(args.prompts) or inputs.shipped_prompts()
   results = [e2e.run(folder, prompts, args.seeds, steps=args.steps)
              for folder in check.find_manifests(args.dir)]
   summaries = [e2e.summary(r) for r in results]
@@ -226,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
   quant.add_argument("--fp16", action="store_true", help="same as --quant fp16")
   quant.add_argument("--int8", action="store_true",
                      help="the int8 recipe that passes the gate fastest in this runtime")
+  p.add_argument("--calib-prompts", metavar="FILE",
+                 help="calibration prompts, one per line (default: the shipped set)")
   p.add_argument("--force", action="store_true", help="redo components already exported")
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
   p.set_defaults(func=cmd_export)

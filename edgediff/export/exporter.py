@@ -27,7 +27,7 @@ from edgediff.errors import EdgediffError
 from edgediff.export import inputs as inputs_lib
 from edgediff.export import onnx as onnx_lib
 from edgediff.export import parity, runtimes, tflite as tflite_lib
-from edgediff.quant import recipes
+from edgediff.quant import calibration, onnx_static, recipes
 from edgediff.specs import COMPONENTS
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -45,6 +45,7 @@ class ExportOptions:
   latent_size: int | None = None  # None: the pipeline's default
   force: bool = False
   ort: bool = False  # also write the .ort mobile format (onnx only)
+  calib_prompts: tuple[str, ...] | None = None  # None: the shipped prompt set
   nhwc: bool = False  # channel-last 4-D inputs and outputs (tflite only)
 
 
@@ -76,7 +77,7 @@ def read_manifest(folder: str) -> dict | None:
 
 def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
   return {"source": pipe.source, "batch": opts.batch, "latent_size": latent_size,
-          "nhwc": opts.nhwc}
+          "nhwc": opts.nhwc, "calib_prompts": opts.calib_prompts and list(opts.calib_prompts)}
 
 
 def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
@@ -91,22 +92,31 @@ def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray
     return [module(*(torch.from_numpy(v) for v in f.values())).numpy() for f in feeds]
 
 
-def _convert(opts: ExportOptions, module, sample: dict[str, np.ndarray], output_names,
-             path: str) -> None:
-  feeds = {k: torch.from_numpy(v) for k, v in sample.items()}
+def _convert(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]], references,
+             output_name: str, path: str, calib) -> dict | None:
+  """Writes the artifact; returns what a calibrated recipe did (None otherwise)."""
+  feeds = {k: torch.from_numpy(v) for k, v in samples[0].items()}
   if opts.fmt == "onnx":
     if opts.recipe == "fp32":
-      onnx_lib.export_onnx(module, feeds, output_names, path)
-      return
+      onnx_lib.export_onnx(module, feeds, (output_name,), path)
+      return None
     fp32_path = path[: -len(".onnx")] + ".fp32.onnx"
-    onnx_lib.export_onnx(module, feeds, output_names, fp32_path)
-    recipes.quantize_onnx(opts.recipe, fp32_path, path)
+    onnx_lib.export_onnx(module, feeds, (output_name,), fp32_path)
+    info = None
+    if opts.recipe == "int8_static":
+      info = onnx_static.quantize_with_fallback(fp32_path, path, calib, samples, references,
+                                                output_name, parity.THRESHOLDS[opts.recipe])
+      info["calibration_samples"] = len(calib)
+    else:
+      recipes.quantize_onnx(opts.recipe, fp32_path, path)
     for name in os.listdir(os.path.dirname(path)):  # the fp32 model and its data
       if name.startswith(os.path.basename(fp32_path)):
         os.remove(os.path.join(os.path.dirname(path), name))
+    return info
   else:
-    tflite_lib.export_tflite(module, feeds, output_names, path,
+    tflite_lib.export_tflite(module, feeds, (output_name,), path,
                              quant_config=recipes.tflite_quant_config(opts.recipe))
+    return None
 
 
 def _replace_into(tmp_dir: str, folder: str) -> None:
@@ -129,7 +139,7 @@ def _io_json(arrays: dict[str, np.ndarray]) -> list[dict]:
 
 
 def export_component(pipe, component: str, opts: ExportOptions, folder: str,
-                     latent_size: int, text_encoder=None) -> dict:
+                     latent_size: int, text_encoder=None, calib=None) -> dict:
   """Exports one component, gates it, and returns its manifest entry."""
   started = time.perf_counter()
   module = pipe.build(component)
@@ -156,7 +166,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   tmp_path = os.path.join(tmp_dir, component + ext)
   log(f"[{component}] converting to {opts.fmt} ({opts.recipe}) ...")
   try:
-    _convert(opts, module, samples[0], (output_name,), tmp_path)
+    quant_info = _convert(opts, module, samples, references, output_name, tmp_path, calib)
     convert_s = time.perf_counter() - started
     del module
     log(f"[{component}] converted in {convert_s:.1f} s; running {PARITY_SAMPLES} samples in "
@@ -184,8 +194,17 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       "inputs": _io_json(samples[0]),
       "outputs": _io_json({output_name: references[0]}),
       "golden": golden, "ort": ort_file, "parity": report.to_json(), "passed": report.passed,
-      "export_seconds": round(convert_s, 2),
+      "export_seconds": round(convert_s, 2), "quantization": quant_info,
   }
+
+
+def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> dict:
+  """Records the calibration set along float sampling runs and saves calibration.npz."""
+  prompts = list(opts.calib_prompts or inputs_lib.shipped_prompts())
+  log(f"calibration: recording {len(prompts) + 1} prompts x 8 DDIM steps in PyTorch fp32")
+  data = calibration.record(pipe, latent_size, prompts)
+  calibration.save(data, os.path.join(folder, "calibration.npz"))
+  return data
 
 
 def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
@@ -210,6 +229,7 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
   }
   settings = _settings(pipe, opts, latent_size)
   text_encoder = None
+  calib = None
   for component in opts.components:
     entry = manifest["components"].get(component)
     if not opts.force and _is_current(entry, folder, settings):
@@ -218,7 +238,10 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
     if component == "unet" and text_encoder is None:
       # Real text embeddings of real prompts for the UNet's inputs.
       text_encoder = pipe.build("text_encoder", required=False)
-    entry = export_component(pipe, component, opts, folder, latent_size, text_encoder)
+    if opts.recipe in recipes.CALIBRATED and calib is None:
+      calib = _calibration(pipe, opts, latent_size, folder)
+    entry = export_component(pipe, component, opts, folder, latent_size, text_encoder,
+                             calib and calibration.batched(calib[component], opts.batch))
     entry["settings"] = settings
     manifest["components"][component] = entry
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()

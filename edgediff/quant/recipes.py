@@ -19,8 +19,9 @@ INT8_RECIPES = ("int8_dynamic", "int8_weight_only", "int8_static")
 # What each runtime's path in edgediff can produce today.
 SUPPORTED = {
     "tflite": ("fp32", "fp16", "int8_weight_only", "int8_dynamic"),
-    "onnx": ("fp32", "fp16", "int8_dynamic"),
+    "onnx": ("fp32", "fp16", "int8_dynamic", "int8_static"),
 }
+CALIBRATED = ("int8_static", "w8a16")  # recipes that need calibration.npz
 _WHY_NOT = {
     ("onnx", "int8_weight_only"): "onnxruntime's CPU provider has no int8 weight-only kernels "
                                   "for Conv; use int8_dynamic, or --fmt tflite",
@@ -72,6 +73,8 @@ def quantize_onnx(recipe: str, fp32_path: str, path: str) -> None:
     # u8 weights: onnxruntime's ConvInteger with s8 weights runs about 4x slower than fp32.
     with contextlib.redirect_stdout(sys.stderr):
       quantize_dynamic(fp32_path, path, weight_type=QuantType.QUInt8, per_channel=False)
+  elif recipe == "int8_static":
+    raise EdgediffError("int8_static needs calibration data: see edgediff.quant.onnx_static")
   else:
     raise EdgediffError(f"recipe {recipe} is not available for onnx")
   if not os.path.isfile(path):

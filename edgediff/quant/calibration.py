@@ -1,0 +1,58 @@
+"""Calibration data that represents diffusion: inputs recorded along real sampling runs.
+
+The float pipeline generates from a prompt set (the shipped prompts, or the user's), with
+the unconditional (empty) prompt as one of them so that both guidance branches are seen;
+every UNet call along the DDIM trajectory is recorded (timesteps spread over the whole
+schedule), the decoder sees the final latents, the text encoder the prompts' tokens. One
+dataset, saved as calibration.npz, feeds both onnxruntime and LiteRT. Seeded.
+"""
+
+import io
+
+import numpy as np
+
+from edgediff import atomic
+from edgediff import generate as gen
+
+
+def record(pipe, latent_size: int, prompts: list[str], steps: int = 8,
+           seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
+  """{component: [feeds, ...]} from PyTorch fp32 generations, one seed per prompt."""
+  backend = gen.torch_backend(pipe, latent_size)
+  recorded = {c: [] for c in backend.runners}
+  runners = dict(backend.runners)
+
+  def recording(component):
+    def run(feeds):
+      recorded[component].append({k: np.array(v) for k, v in feeds.items()})
+      return runners[component](feeds)
+    return run
+
+  backend.runners = {c: recording(c) for c in runners}
+  for i, prompt in enumerate([""] + list(prompts)):
+    gen.generate(backend, prompt, steps=steps, seed=seed + i, progress=False)
+  return recorded
+
+
+def batched(feeds: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
+  """Batch-1 recordings regrouped to the export's batch (2 with guidance)."""
+  if batch == 1:
+    return feeds
+  return [{k: np.concatenate([f[k] for f in feeds[i:i + batch]]) for k in feeds[0]}
+          for i in range(0, len(feeds) - batch + 1, batch)]
+
+
+def save(data: dict[str, list[dict[str, np.ndarray]]], path: str) -> None:
+  arrays = {f"{c}/{name}": np.stack([f[name] for f in feeds])
+            for c, feeds in data.items() if feeds for name in feeds[0]}
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  atomic.write_bytes(path, buffer.getvalue())
+
+
+def load(path: str, component: str) -> list[dict[str, np.ndarray]]:
+  with np.load(path) as data:
+    names = [k.split("/", 1)[1] for k in data.files if k.startswith(component + "/")]
+    stacked = {n: data[f"{component}/{n}"] for n in names}
+  count = len(next(iter(stacked.values())))
+  return [{n: stacked[n][i] for n in names} for i in range(count)]

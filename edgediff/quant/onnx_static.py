@@ -1,0 +1,112 @@
+"""Static int8 (W8A8, QDQ, per-channel weights) for ONNX, with sensitivity-driven fallback.
+
+onnxruntime.quantization calibrates activation ranges on the recorded diffusion data. When
+the result misses the parity gate, onnxruntime's qdq_loss_debug compares every quantized
+node's output with the float model's on the same inputs; the nodes with the lowest
+signal-to-quantization-noise ratio are kept in float, a few at a time, until the component
+passes or the budget of rounds runs out. The fallback list, with each node's SQNR, goes
+into the manifest.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+
+from edgediff.export import parity, runtimes
+
+MAX_ROUNDS = 4
+PER_ROUND = 0.25  # fraction of the still-quantized nodes kept in float per round
+
+
+def _Reader(feeds):
+  """A CalibrationDataReader over recorded feeds."""
+  from onnxruntime.quantization import CalibrationDataReader
+
+  class Reader(CalibrationDataReader):
+    def __init__(self, feeds):
+      self._feeds = list(feeds)
+      self.rewind()
+
+    def get_next(self):
+      return next(self._iter, None)
+
+    def rewind(self):
+      self._iter = iter(self._feeds)
+
+  return Reader(feeds)
+
+
+def _unique_initializers(src: str, dst: str) -> None:
+  """Gives every initializer use its own copy: onnxruntime's static quantizer refuses a
+  weight shared between nodes ("Quantization parameter shared mode is not supported for
+  weight yet"), which the dynamo exporter produces."""
+  model = onnx.load(src)
+  graph = model.graph
+  inits = {i.name: i for i in graph.initializer}
+  used = set()
+  for node in graph.node:
+    for k, name in enumerate(node.input):
+      if name in inits:
+        if name in used:
+          copy = onnx.TensorProto()
+          copy.CopyFrom(inits[name])
+          copy.name = f"{name}__{node.name or k}_{len(used)}"
+          graph.initializer.append(copy)
+          node.input[k] = copy.name
+        used.add(copy.name if name in used else name)
+  onnx.save(model, dst)
+
+
+def _quantize(fp32_path, path, calib, exclude):
+  from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+  quantize_static(fp32_path, path, _Reader(calib), quant_format=QuantFormat.QDQ,
+                  per_channel=True, activation_type=QuantType.QUInt8,
+                  weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+
+
+def _node_sqnr(fp32_path, qdq_path, feeds) -> dict[str, float]:
+  """SQNR (dB) of each quantized node's output against float, on `feeds`."""
+  from onnxruntime.quantization import qdq_loss_debug as debug
+
+  with tempfile.TemporaryDirectory() as tmp:
+    aug_f, aug_q = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
+    debug.modify_model_output_intermediate_tensors(fp32_path, aug_f)
+    debug.modify_model_output_intermediate_tensors(qdq_path, aug_q)
+    float_acts = debug.collect_activations(aug_f, _Reader(feeds))
+    qdq_acts = debug.collect_activations(aug_q, _Reader(feeds))
+  matching = debug.create_activation_matching(qdq_acts, float_acts)
+  errors = debug.compute_activation_error(matching)
+  producers = {o: n.name for n in onnx.load(fp32_path).graph.node for o in n.output}
+  out = {}
+  for tensor, err in errors.items():
+    node = producers.get(tensor)
+    value = err.get("qdq_err")
+    if node and value is not None and np.isfinite(value):
+      out[node] = min(out.get(node, np.inf), float(value))
+  return out
+
+
+def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references, output,
+                           thresholds) -> dict:
+  """Writes `path`; returns {"fallback": [{node, sqnr_db}], "rounds": n}."""
+  with tempfile.TemporaryDirectory() as tmp:
+    unique = os.path.join(tmp, "unique.onnx")
+    _unique_initializers(fp32_path, unique)
+    excluded: list[dict] = []
+    for round_ in range(1, MAX_ROUNDS + 1):
+      _quantize(unique, path, calib, [e["node"] for e in excluded])
+      run = runtimes.onnx_runner(path)
+      report = parity.compare("", references, [run(f)[output] for f in samples], thresholds)
+      if report.passed or round_ == MAX_ROUNDS:
+        break
+      sqnr = _node_sqnr(unique, path, samples[:1])
+      done = {e["node"] for e in excluded}
+      ranked = sorted((v, n) for n, v in sqnr.items() if n not in done)
+      if not ranked:
+        break
+      take = max(1, int(len(ranked) * PER_ROUND))
+      excluded += [{"node": n, "sqnr_db": round(v, 2)} for v, n in ranked[:take]]
+  return {"fallback": excluded, "rounds": round_}

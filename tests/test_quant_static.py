@@ -1,0 +1,41 @@
+import os
+
+import pytest
+
+from edgediff.export import parity
+from tests.test_quant import _export
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("static"))
+
+
+def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
+  manifest = _export(out_dir, "onnx", "int8_static", ("vae_decoder", "unet"))
+  folder = manifest["folder"]
+  for component in ("vae_decoder", "unet"):
+    entry = manifest["components"][component]
+    info = entry["quantization"]
+    assert info["calibration_samples"] > 0 and 1 <= info["rounds"] <= 4
+    report = entry["parity"]
+    thresholds = parity.THRESHOLDS["int8_static"]
+    # The verdict is the numbers' verdict, whichever way it goes.
+    assert entry["passed"] == (report["psnr_db"] >= thresholds.psnr_db
+                               and report["cosine"] >= thresholds.cosine)
+    assert all(f["node"] and "sqnr_db" in f for f in info["fallback"])
+  assert manifest["components"]["vae_decoder"]["passed"]
+  # UNet inputs recorded at timesteps across the whole DDIM trajectory, both prompts kinds.
+  from edgediff.quant import calibration
+
+  unet = calibration.load(os.path.join(folder, "calibration.npz"), "unet")
+  steps = sorted({float(f["timestep"][0]) for f in unet})
+  assert steps[0] <= 1 and steps[-1] >= 800 and len(steps) == 8
+  assert len(unet) == 8 * 9  # (empty prompt + 8 shipped prompts) x 8 steps
+
+
+def test_static_calibration_is_byte_identical(tmp_path):
+  first = _export(str(tmp_path), "onnx", "int8_static", ("vae_decoder",))
+  second = _export(str(tmp_path), "onnx", "int8_static", ("vae_decoder",), force=True)
+  assert (first["components"]["vae_decoder"]["sha256"]
+          == second["components"]["vae_decoder"]["sha256"])
