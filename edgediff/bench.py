@@ -9,6 +9,7 @@ perf-test tool, and PyTorch has none for eager modules.
 """
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -60,8 +61,7 @@ def worker(backend: str, folder: str, component: str, runs: int, threads: int) -
 
   manifest = exporter.read_manifest(folder)
   entry = manifest["components"][component]
-  golden = np.load(os.path.join(folder, entry["golden"]))
-  feeds = {i["name"]: golden[i["name"]] for i in entry["inputs"]}
+  feeds, _ = exporter.golden_feeds(folder, entry)
   start = time.perf_counter()
   if backend == "torch":
     import torch
@@ -72,26 +72,13 @@ def worker(backend: str, folder: str, component: str, runs: int, threads: int) -
     module = pipeline.open_source(manifest["source"]).build(component)
     if entry.get("layout") == "NHWC":
       feeds = {k: np.moveaxis(v, -1, 1) if v.ndim == 4 else v for k, v in feeds.items()}
-
-    def run():
-      with torch.no_grad():
-        module(*(torch.from_numpy(v) for v in feeds.values()))
+    run = functools.partial(runtimes.torch_call, module, feeds)
   else:
     path = os.path.join(folder, entry["ort"] if backend == "ort" else entry["file"])
-    session = runtimes.load_runner("onnx" if backend == "ort" else backend, path,
-                                   threads=threads)
-
-    def run():
-      session(feeds)
+    run = functools.partial(runtimes.load_runner("onnx" if backend == "ort" else backend,
+                                                 path, threads=threads), feeds)
   load_ms = (time.perf_counter() - start) * 1e3
-  start = time.perf_counter()
-  run()
-  first_ms = (time.perf_counter() - start) * 1e3
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    run()
-    times.append((time.perf_counter() - start) * 1e3)
+  first_ms, times = runtimes.timed_runs(run, runs)
   return {"load_ms": load_ms, "first_ms": first_ms, "median_ms": statistics.median(times),
           "p90_ms": float(np.percentile(times, 90)), "p95_ms": float(np.percentile(times, 95))}
 

@@ -5,6 +5,7 @@ ai_edge_litert; the runners of an export read its manifest for names, shapes and
 """
 
 import dataclasses
+import functools
 import io
 import os
 import time
@@ -34,14 +35,11 @@ class Backend:
 def torch_backend(pipe, latent_size: int | None = None) -> Backend:
   modules = {c: pipe.build(c) for c in ("text_encoder", "unet", "vae_decoder")}
 
-  def runner(module) -> Runner:
-    def run(feeds):
-      with torch.no_grad():
-        return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-    return run
+  from edgediff.export.runtimes import torch_call
 
   sample = modules["unet"].input_specs(1, latent_size or pipe.latent_size)[0]
-  return Backend("torch", {c: runner(m) for c, m in modules.items()}, 1, sample.shape[1:],
+  runners = {c: functools.partial(torch_call, m) for c, m in modules.items()}
+  return Backend("torch", runners, 1, sample.shape[1:],
                  pipe.tokenizer, pipe.prediction_type)
 
 

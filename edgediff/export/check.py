@@ -7,8 +7,6 @@ the manifest's source. A file whose sha256 no longer matches the manifest is rep
 
 import os
 
-import numpy as np
-
 from edgediff import pipeline as pipeline_lib
 from edgediff.errors import EdgediffError
 from edgediff.export import exporter, inputs as inputs_lib, parity, runtimes
@@ -37,8 +35,7 @@ def check_folder(folder: str) -> list[dict]:
       raise EdgediffError(f"{path}: missing ({component} artifact listed in the manifest)")
     runner = runtimes.load_runner(manifest["format"], path)
     output = entry["outputs"][0]["name"]
-    golden = np.load(os.path.join(folder, entry["golden"]))
-    feeds = {i["name"]: golden[i["name"]] for i in entry["inputs"]}
+    feeds, golden = exporter.golden_feeds(folder, entry)
     golden_report = parity.compare(component, [golden[f"expected_{output}"]],
                                    [runner(feeds)[output]], thresholds)
     module = pipe.build(component)

@@ -88,8 +88,13 @@ def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
 
 
 def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-  with torch.no_grad():
-    return [module(*(torch.from_numpy(v) for v in f.values())).numpy() for f in feeds]
+  return [runtimes.torch_call(module, f) for f in feeds]
+
+
+def golden_feeds(folder: str, entry: dict) -> tuple[dict[str, np.ndarray], np.lib.npyio.NpzFile]:
+  """A component's golden inputs (and the whole golden file, for its expected outputs)."""
+  golden = np.load(os.path.join(folder, entry["golden"]))
+  return {i["name"]: golden[i["name"]] for i in entry["inputs"]}, golden
 
 
 def _convert(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]], references,
@@ -255,8 +260,7 @@ def _latency_ms(manifest: dict) -> dict[str, float]:
   folder = manifest["folder"]
   out = {}
   for component, entry in manifest["components"].items():
-    golden = np.load(os.path.join(folder, entry["golden"]))
-    feeds = {i["name"]: golden[i["name"]] for i in entry["inputs"]}
+    feeds, _ = golden_feeds(folder, entry)
     run = runtimes.load_runner(manifest["format"], os.path.join(folder, entry["file"]))
     out[component] = round(runtimes.median_latency_ms(run, feeds), 3)
   return out

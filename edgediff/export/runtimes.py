@@ -43,16 +43,27 @@ def load_runner(fmt: str, path: str, threads: int | None = None) -> Runner:
   return RUNNERS[fmt](path, threads) if threads else RUNNERS[fmt](path)
 
 
-def median_latency_ms(run: Runner, feeds: dict[str, np.ndarray], runs: int = 5) -> float:
-  """Median wall time of `runs` calls after one warm-up (a quick in-process comparison;
-  `edgediff bench` and the runtimes' own tools are for reported numbers)."""
-  import statistics
+def timed_runs(call: Callable[[], object], runs: int) -> tuple[float, list[float]]:
+  """(first call's ms, the next `runs` calls' ms): the one timing loop of edgediff."""
   import time
 
-  run(feeds)
   times = []
-  for _ in range(runs):
+  for _ in range(runs + 1):
     start = time.perf_counter()
-    run(feeds)
+    call()
     times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+  return times[0], times[1:]
+
+
+def median_latency_ms(run: Runner, feeds: dict[str, np.ndarray], runs: int = 5) -> float:
+  """Median of `runs` calls after one warm-up (a quick in-process comparison; `edgediff
+  bench` is for reported numbers)."""
+  return float(np.median(timed_runs(lambda: run(feeds), runs)[1]))
+
+
+def torch_call(module, feeds: dict[str, np.ndarray]) -> np.ndarray:
+  """PyTorch as a runtime: the feeds in input order, the one output as an array."""
+  import torch
+
+  with torch.no_grad():
+    return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
