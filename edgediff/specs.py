@@ -85,8 +85,6 @@ class PipelineSpec:
   latent_size: int = 64  # 512 px images with the f=8 decoders
   tiny_latent_size: int = 16
   prediction_type: str = "epsilon"
-  # Where the pipeline's weights live: None for an architecture without weights.
-  weights: str | None = None
 
   def component(self, component: str) -> ComponentSpec:
     return COMPONENT_SPECS[getattr(self, component)]
