@@ -1,10 +1,15 @@
 """The `edgediff` command line."""
 
 import argparse
+import dataclasses
+import io
 import json
 import os
 import sys
 
+import numpy as np
+
+from edgediff import atomic
 from edgediff.errors import EdgediffError
 
 
@@ -180,6 +185,56 @@ def cmd_generate(args) -> int:
                              progress=False)
     psnr = gen.image_psnr_db(reference.image, result.image)
     print(f"image PSNR against PyTorch fp32 (same prompt and seed): {psnr:.2f} dB")
+  _print_adherence(args.prompt, result.image)
+  return 0
+
+
+def _print_adherence(prompt: str, image) -> None:
+  """For a caption of the shapes grammar, what the adherence checker reads off the image."""
+  from edgediff.shapes import checker, data
+
+  scene = data.parse_caption(prompt)
+  if scene is None or image.shape[1:] != (data.IMAGE_SIZE, data.IMAGE_SIZE):
+    return
+  pixels = (image.clip(0, 1) * 255).round().astype("uint8").transpose(1, 2, 0)
+  found = checker.read(pixels)
+  marks = [f"{a} {found[a]}" + ("" if found[a] == getattr(scene, a) else
+                               f" (asked: {getattr(scene, a)})") for a in data.ATTRIBUTES]
+  ok = all(found[a] == getattr(scene, a) for a in data.ATTRIBUTES)
+  print(f"adherence checker: {'accepted' if ok else 'rejected'}: {'; '.join(marks)}")
+
+
+def cmd_adherence(args) -> int:
+  from edgediff import generate as gen
+  from edgediff import pipeline
+  from edgediff.shapes import adherence
+
+  if args.artifacts:
+    backend = gen.artifact_backend(args.artifacts)
+  else:
+    backend = gen.torch_backend(pipeline.open_pipeline(args.pipeline, weights=args.weights))
+  scores, images, _ = adherence.measure(backend, n=args.n, steps=args.steps,
+                                        guidance=args.guidance, seed=args.seed)
+  if args.grid:
+    from PIL import Image
+
+    cols = 10
+    rows = -(-len(images) // cols)
+    sheet = np.zeros((rows * 64, cols * 64, 3), np.uint8)
+    for i, image in enumerate(images):
+      sheet[(i // cols) * 64:(i // cols + 1) * 64, (i % cols) * 64:(i % cols + 1) * 64] = image
+    buffer = io.BytesIO()
+    Image.fromarray(sheet).save(buffer, format="PNG")
+    atomic.write_bytes(args.grid, buffer.getvalue())
+  record = {"backend": backend.name, "n": args.n, "steps": args.steps,
+            "guidance": args.guidance, "seed": args.seed, "scores": scores}
+  if args.json:
+    print(json.dumps(record, indent=1))
+  else:
+    print(f"adherence on {args.n} held-out captions ({backend.name}, {args.steps} steps, "
+          f"guidance {args.guidance}):")
+    for name, value in scores.items():
+      print(f"  {name:<10} {100 * value:5.1f}%")
   return 0
 
 
@@ -199,6 +254,20 @@ def cmd_bench(args) -> int:
     print(f"  {backend}: {seconds:.3f} s")
   if args.results:
     print(f"appended to {args.results}")
+  return 0
+
+
+def cmd_train_demo(args) -> int:
+  from edgediff.shapes import train
+
+  defaults = train.TrainConfig()
+  cfg = dataclasses.replace(
+      defaults, steps=args.steps or defaults.steps, batch=args.batch or defaults.batch,
+      ae_steps=args.ae_steps if args.ae_steps is not None else (
+          defaults.ae_steps if args.steps is None else max(args.steps // 4, 1)),
+      seed=args.seed)
+  path = train.train(cfg, args.out, args.variant)
+  print(f"wrote {path}")
   return 0
 
 
@@ -273,6 +342,31 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("adb-bench", help="TFLite benchmark_model on an Android phone over ADB")
   adb.add_arguments(p)
   p.set_defaults(func=adb.run_and_report)
+
+  p = sub.add_parser("adherence",
+                     help="shapes models: prompt adherence on held-out captions, by a checker")
+  p.add_argument("pipeline", nargs="?", help="a shapes pipeline (default: shapes)")
+  p.add_argument("--artifacts", metavar="DIR", help="an export folder instead of PyTorch")
+  p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
+  p.add_argument("-n", "--n", type=int, default=200, help="images, one per caption (default 200)")
+  p.add_argument("--steps", type=int, default=8)
+  p.add_argument("--guidance", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--grid", metavar="FILE.png", help="also write the images as one sheet")
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=cmd_adherence)
+
+  p = sub.add_parser("train-demo", help="train the shapes model (the default pipeline) on CPU")
+  p.add_argument("--out", default="runs/shapes",
+                 help="working folder: checkpoints, cached latents, logs and the weights")
+  p.add_argument("--variant", default="swish-relu", choices=["swish-relu", "gelu_tanh", "softmax"],
+                 help="the UNet variant (default: MobileDiffusion's swish FF + relu attention)")
+  p.add_argument("--steps", type=int, help="diffusion training steps (default 3000)")
+  p.add_argument("--ae-steps", type=int,
+                 help="autoencoder steps (default 800; a quarter of --steps when that is given)")
+  p.add_argument("--batch", type=int, help="diffusion batch size (default 64)")
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(func=cmd_train_demo)
 
   p = sub.add_parser("parity", help="re-run the parity gate on an exported folder")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")

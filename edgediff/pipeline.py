@@ -1,11 +1,13 @@
 """A pipeline to work on: its name, and how to build each component with its weights.
 
-Sources: a pipeline spec by name (`md`, `md-lite`, ...; `<name>-tiny` for the tiny test
-config), optionally with a local `.safetensors` file of weights, or a local diffusers-format
-folder. Components are built one at a time, so that a full-size export holds one in memory.
+Sources: a pipeline spec by name (`shapes`, `md`, `md-lite`, ...; `<name>-tiny` for the
+tiny test config, always seeded weights), with the weights shipped in edgediff/assets where a
+spec has them (the shapes models), or a local `.safetensors` file of weights, or a local
+diffusers-format folder. Components are built one at a time, so that a full-size export holds one in memory.
 """
 
 import dataclasses
+import importlib.resources
 import os
 from typing import Callable
 
@@ -15,7 +17,7 @@ from torch import nn
 from edgediff import checkpoints, specs
 from edgediff.errors import EdgediffError
 
-DEFAULT_PIPELINE = "md-tiny"  # until a trained default model ships
+DEFAULT_PIPELINE = "md-tiny"  # until the shapes weights ship
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,12 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
 
   name = name or DEFAULT_PIPELINE
   spec, tiny = _spec_and_tiny(name)
-  tensors = checkpoints.read_tensors(weights) if weights else None  # fail before long work
+  if weights is None and spec.weights and not tiny:
+    weights_path = shipped_weights(spec)
+  else:
+    weights_path = weights
+  # Read before any long work, so that a bad file fails at once.
+  tensors = checkpoints.read_tensors(weights_path) if weights_path else None
 
   def build(component: str, required: bool = True) -> nn.Module:
     # Without weights, a seeded initialisation: the same command gives the same artifact.
@@ -63,7 +70,7 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
     module = spec.component(component).build(tiny=tiny)
     if tensors is not None and (
         required or checkpoints.holds_component(module, tensors, component)):
-      checkpoints.load_state(module, tensors, weights, component)
+      checkpoints.load_state(module, tensors, weights_path, component)
     return module
 
   return Pipeline(name=name, build=build,
@@ -71,6 +78,14 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
                   prediction_type=spec.prediction_type,
                   source={"name": name, "weights": weights and os.path.abspath(weights),
                           "seed": seed})
+
+
+def shipped_weights(spec: specs.PipelineSpec) -> str:
+  path = str(importlib.resources.files("edgediff") / "assets" / spec.weights)
+  if not os.path.isfile(path):
+    raise EdgediffError(f"{path}: the {spec.name} pipeline's shipped weights are missing; "
+                        "reinstall edgediff, or train them with `edgediff train-demo`")
+  return path
 
 
 def open_source(source: dict) -> Pipeline:

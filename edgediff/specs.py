@@ -73,7 +73,44 @@ _COMPONENT_SPECS = [
                   dataclasses.replace(decoders.SNAPGEN_DECODER, **_DECODER_TINY),
                   "SnapGen tiny decoder (1.38M in the paper)"),
 ]
-COMPONENT_SPECS = {spec.name: spec for spec in _COMPONENT_SPECS}
+
+# The shapes model (edgediff/shapes): MobileDiffusion scaled down to 64x64 images of a
+# procedural shapes world, small enough to train on a laptop CPU. Same block types as md
+# (FullConv, SPConv at the innermost level, cross-attention-only transformers at the middle
+# level, self- + cross-attention with shared K/V innermost, gated FF, relu attention, 8 latent
+# channels); fewer channels and one transformer block per stage.
+_SHAPES_UNET = dataclasses.replace(
+    md_unet.MD, channels=(32, 64, 96), down_depths=(0, 1, 1), up_depths=(0, 1, 1), head_dim=32,
+    norm_groups=16, context_dim=64, time_proj_dim=64, time_embed_dim=256, sample_size=8)
+# The CLIP ids the shapes grammar uses (tests check this against the tokenizer): the text
+# encoder keeps 28 embedding rows instead of 49408.
+SHAPES_VOCABULARY = (320, 518, 525, 530, 550, 736, 1155, 1253, 1449, 1470, 1579, 1746, 1823,
+                     1901, 2119, 2442, 3638, 3999, 4481, 5931, 5994, 6235, 7048, 7117, 14615,
+                     38091, 49406, 49407)
+_SHAPES_TEXT = dataclasses.replace(
+    text_encoder.CLIP_L14_TEXT, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+    num_attention_heads=2, vocabulary=SHAPES_VOCABULARY)
+# f=8 like MD's decoder (64x64 images from 8x8x8 latents); latents come out of the shapes
+# encoder with unit variance, so no scaling factor.
+_SHAPES_DECODER = dataclasses.replace(
+    decoders.MD_DECODER, block_out_channels=(16, 32, 64, 64), norm_groups=8, scaling_factor=1.0)
+_SHAPES_SPECS = [
+    ComponentSpec("shapes-text", "text_encoder", text_encoder.TextEncoder, _SHAPES_TEXT,
+                  _SHAPES_TEXT, "the shapes model's text encoder (CLIP, 2 layers of 64)"),
+    ComponentSpec("shapes-unet", "unet", md_unet.MDUNet, _SHAPES_UNET, _SHAPES_UNET,
+                  "the shapes model's UNet: MobileDiffusion scaled down (swish FF, relu attention)"),
+    ComponentSpec("shapes-unet-gelu", "unet", md_unet.MDUNet,
+                  dataclasses.replace(_SHAPES_UNET, ff_activation="gelu_tanh"),
+                  dataclasses.replace(_SHAPES_UNET, ff_activation="gelu_tanh"),
+                  "the shapes UNet with gelu (tanh approximation) in the feed-forward"),
+    ComponentSpec("shapes-unet-softmax", "unet", md_unet.MDUNet,
+                  dataclasses.replace(_SHAPES_UNET, attention="softmax"),
+                  dataclasses.replace(_SHAPES_UNET, attention="softmax"),
+                  "the shapes UNet with softmax attention"),
+    ComponentSpec("shapes-decoder", "vae_decoder", decoders.VaeDecoder, _SHAPES_DECODER,
+                  _SHAPES_DECODER, "the shapes model's decoder: MD's, scaled down"),
+]
+COMPONENT_SPECS = {spec.name: spec for spec in _COMPONENT_SPECS + _SHAPES_SPECS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +122,8 @@ class PipelineSpec:
   latent_size: int = 64  # 512 px images with the f=8 decoders
   tiny_latent_size: int = 16
   prediction_type: str = "epsilon"
+  # Trained weights shipped in edgediff/assets (a pipeline .safetensors), if any.
+  weights: str | None = None
 
   def component(self, component: str) -> ComponentSpec:
     return COMPONENT_SPECS[getattr(self, component)]
@@ -98,7 +137,12 @@ _PIPELINE_SPECS = [
     # SnapGen's own text encoders are not modelled; CLIP-L stands in.
     PipelineSpec("snapgen", "clip-l14-text", "snapgen-unet", "snapgen-decoder", latent_size=128),
 ]
-PIPELINE_SPECS = {spec.name: spec for spec in _PIPELINE_SPECS}
+_SHAPES_PIPELINES = [
+    PipelineSpec(name, "shapes-text", unet, "shapes-decoder", latent_size=8, tiny_latent_size=8,
+                 weights=f"shapes/{name}.safetensors")
+    for name, unet in (("shapes", "shapes-unet"), ("shapes-gelu", "shapes-unet-gelu"),
+                       ("shapes-softmax", "shapes-unet-softmax"))]
+PIPELINE_SPECS = {spec.name: spec for spec in _PIPELINE_SPECS + _SHAPES_PIPELINES}
 
 
 def component_spec(name: str) -> ComponentSpec:

@@ -25,10 +25,20 @@ class TextEncoderConfig:
   vocab_size: int = 49408  # CLIP BPE vocabulary
   max_position_embeddings: int = MAX_TOKENS
   hidden_act: str = "quick_gelu"  # as trained by OpenAI
+  # Vocabulary pruning for small models: the CLIP ids kept (empty: all of them). Kept ids map
+  # to 1..n in order, every other id to 0, through a lookup table inside the model, so the
+  # input stays CLIP's ids while the embedding table holds n + 1 rows instead of 49408.
+  vocabulary: tuple[int, ...] = ()
 
   def to_hf(self) -> CLIPTextConfig:
-    return CLIPTextConfig(**dataclasses.asdict(self), projection_dim=self.hidden_size,
-                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    fields = dataclasses.asdict(self)
+    del fields["vocabulary"]
+    bos, eos = 49406, 49407
+    if self.vocabulary:
+      fields["vocab_size"] = len(self.vocabulary) + 1
+      bos, eos = (self.vocabulary.index(i) + 1 if i in self.vocabulary else 0 for i in (bos, eos))
+    return CLIPTextConfig(**fields, projection_dim=self.hidden_size,
+                          bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
 
 
 CLIP_L14_TEXT = TextEncoderConfig()
@@ -43,6 +53,12 @@ class TextEncoder(nn.Module):
     hf_cfg = cfg.to_hf()
     hf_cfg._attn_implementation = "eager"  # plain matmuls export to every runtime
     self.text_model = CLIPTextModel(hf_cfg)  # keys as in HF checkpoints: text_model.*
+    if cfg.vocabulary:
+      table = torch.zeros(cfg.vocab_size, dtype=torch.int32)
+      table[list(cfg.vocabulary)] = torch.arange(1, len(cfg.vocabulary) + 1, dtype=torch.int32)
+      self.register_buffer("vocab_map", table, persistent=False)  # fixed by the config
+    else:
+      self.vocab_map = None
 
   def input_specs(self, batch: int, latent_size: int | None = None) -> list[TensorSpec]:
     del latent_size  # text has no spatial size
@@ -51,6 +67,8 @@ class TextEncoder(nn.Module):
   output_names = ("last_hidden_state",)
 
   def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    if self.vocab_map is not None:
+      input_ids = self.vocab_map[input_ids.long()]  # CLIP ids -> pruned ids, (B, 77)
     return self.text_model(input_ids=input_ids.long()).last_hidden_state
 
 

@@ -1,0 +1,170 @@
+"""Ships a train-demo run's weights into edgediff/assets/shapes and writes the model card.
+
+  python -m edgediff.shapes.card RUN_DIR [--quant] [-n 200]
+
+For every variant the run trained: the weights go to assets/shapes/<pipeline>.safetensors in
+fp16 (half the bytes; every figure below is measured on the shipped fp16-stored weights,
+computed in fp32), then adherence on held-out captions is measured in PyTorch, and with
+--quant also on TFLite fp16, TFLite int8_dynamic and ONNX int8_dynamic exports, with their
+per-component parity. Plots (loss curves, a sample sheet) and MODEL_CARD.md are written
+beside the weights; the numbers also go to card.json.
+"""
+
+import argparse
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from edgediff import atomic, checkpoints, counting, pipeline, specs
+from edgediff import generate as gen
+from edgediff.shapes import adherence, data, train
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
+QUANT = (("tflite", "fp16"), ("tflite", "int8_dynamic"), ("onnx", "int8_dynamic"))
+
+
+def ship(run_dir: str) -> dict[str, int]:
+  """Copies each trained variant into the assets in fp16; returns bytes per file."""
+  sizes = {}
+  for name in train.VARIANTS.values():
+    src = os.path.join(run_dir, f"{name}.safetensors")
+    if not os.path.exists(src):
+      continue
+    tensors = {k: v.half() if v.is_floating_point() else v
+               for k, v in checkpoints.read_tensors(src).items()}
+    dst = os.path.join(ASSETS, f"{name}.safetensors")
+    checkpoints.write_tensors(tensors, dst)
+    sizes[name] = os.path.getsize(dst)
+  return sizes
+
+
+def _png(fig) -> bytes:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+  return buffer.getvalue()
+
+
+def _read_losses(path: str) -> list[float]:
+  with open(path) as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def plot_losses(run_dir: str, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+  ae = _read_losses(os.path.join(run_dir, "autoencoder.loss.jsonl"))
+  axes[0].plot(np.arange(1, len(ae) + 1), ae, lw=0.8)
+  axes[0].set(title="autoencoder (L1 + MSE)", xlabel="step", yscale="log")
+  for variant in train.VARIANTS:
+    log = os.path.join(run_dir, f"{variant}.loss.jsonl")
+    if os.path.exists(log):
+      losses = np.asarray(_read_losses(log))
+      k = 50  # moving average: single-batch losses swing with the sampled timesteps
+      smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+      axes[1].plot(np.arange(k, len(losses) + 1), smooth, lw=1, label=variant)
+  axes[1].set(title="diffusion (noise MSE, 50-step mean)", xlabel="step", yscale="log")
+  axes[1].legend()
+  atomic.write_bytes(path, _png(fig))
+  plt.close(fig)
+
+
+def sample_sheet(images: np.ndarray, scenes: list[data.Scene], path: str, cols: int = 8) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = -(-len(images) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+  for ax, image, scene in zip(axes.flat, images, scenes):
+    ax.imshow(image, interpolation="nearest")
+    s = scene
+    ax.set_title(f"{s.size} {s.colour}\n{s.shape}, {s.position}\non {s.background}", fontsize=6)
+  for ax in axes.flat:
+    ax.axis("off")
+  atomic.write_bytes(path, _png(fig))
+  plt.close(fig)
+
+
+def _structure(name: str) -> dict[str, dict]:
+  spec = specs.pipeline_spec(name)
+  out = {}
+  for component in specs.COMPONENTS:
+    module = spec.component(component).build(device="meta")
+    specs_in = module.input_specs(1, spec.latent_size)
+    out[component] = {"params": counting.count_params(module),
+                      "macs": counting.count_macs(module, specs_in)}
+  return out
+
+
+def _quant_rows(name: str, n: int) -> list[dict]:
+  from edgediff.export import exporter
+
+  rows = []
+  pipe = pipeline.open_pipeline(name)
+  with tempfile.TemporaryDirectory() as tmp:
+    for fmt, recipe in QUANT:
+      manifest = exporter.export_pipeline(pipe, exporter.ExportOptions(
+          fmt=fmt, out=tmp, recipe=recipe))
+      folder = os.path.join(tmp, name, fmt, recipe)
+      scores, _, _ = adherence.measure(gen.artifact_backend(folder), n=n)
+      rows.append({"format": fmt, "recipe": recipe, "passed": manifest["passed"],
+                   "psnr_db": {c: round(e["parity"]["psnr_db"], 1)
+                               for c, e in manifest["components"].items()},
+                   "adherence": scores})
+  return rows
+
+
+def measure(run_dir: str, n: int, quant: bool) -> dict:
+  card = {"n": n, "variants": {}}
+  card["bytes"] = ship(run_dir)
+  for variant, name in train.VARIANTS.items():
+    if name not in card["bytes"]:
+      continue
+    entry = {"structure": _structure(name)}
+    info = os.path.join(run_dir, f"{variant}.diffusion.json")
+    if os.path.exists(info):
+      with open(info) as f:
+        entry["train_seconds"] = json.load(f)["seconds"]
+    losses = _read_losses(os.path.join(run_dir, f"{variant}.loss.jsonl"))
+    entry["final_loss"] = float(np.mean(losses[-200:]))
+    backend = gen.torch_backend(pipeline.open_pipeline(name))
+    entry["adherence"] = {}
+    for guidance in (1.0, 3.0):
+      scores, images, scenes = adherence.measure(backend, n=n, guidance=guidance)
+      entry["adherence"][str(guidance)] = scores
+      if name == "shapes" and guidance == 1.0:
+        sample_sheet(images[:32], scenes[:32], os.path.join(ASSETS, "samples.png"))
+    if quant:
+      entry["quant"] = _quant_rows(name, n)
+    card["variants"][variant] = entry
+  info = os.path.join(run_dir, "autoencoder.train.json")
+  if os.path.exists(info):
+    with open(info) as f:
+      card["autoencoder_seconds"] = json.load(f)["seconds"]
+  with open(os.path.join(run_dir, "shapes.train.json")) as f:
+    card["train_config"] = json.load(f)
+  plot_losses(run_dir, os.path.join(ASSETS, "loss.png"))
+  atomic.write_json(os.path.join(ASSETS, "card.json"), card)
+  return card
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("run_dir")
+  parser.add_argument("-n", type=int, default=200)
+  parser.add_argument("--quant", action="store_true")
+  args = parser.parse_args(argv)
+  torch.set_num_threads(os.cpu_count() or 1)
+  card = measure(args.run_dir, args.n, args.quant)
+  print(json.dumps(card, indent=1))
+
+
+if __name__ == "__main__":
+  main()
