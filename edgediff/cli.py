@@ -100,9 +100,9 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_parity_e2e(args) -> int:
-  from edgediff.export import check, e2e, inputs
+  from edgediff.export import check, e2e
 
-  prompts = _read_prompts(args.prompts) or inputs.shipped_prompts()
+  prompts = _read_prompts(args.prompts)  # None: the pipeline's own prompts
   results = [e2e.run(folder, prompts, args.seeds, steps=args.steps)
              for folder in check.find_manifests(args.dir)]
   summaries = [e2e.summary(r) for r in results]
@@ -257,6 +257,35 @@ def cmd_bench(args) -> int:
   return 0
 
 
+def cmd_lint(args) -> int:
+  from edgediff import pipeline
+  from edgediff.quant import lint
+
+  name = args.pipeline or pipeline.DEFAULT_PIPELINE
+  compare = args.compare
+  if compare is None:
+    compare = ["shapes-gelu", "shapes-softmax"] if name == "shapes" else []
+  results = {n: lint.lint_pipeline(pipeline.open_pipeline(n)) for n in [name, *compare]}
+  if args.json:
+    print(json.dumps(results, indent=1))
+    return 0
+  for n, result in results.items():
+    for component, r in result.items():
+      whole = r["whole_sqnr_db"]
+      print(f"\n{n} {component}: whole-component SQNR fp16 {whole['fp16']:.1f} dB, "
+            f"W8A8 {whole['w8a8']:.1f} dB")
+      rows = [{"kind": k, **v} for k, v in r["by_kind"].items()]
+      _print_table(rows, ["kind", "count", "fp16_sqnr_db", "int8_sqnr_db", "peak"])
+      print(f"worst {args.top} layers at int8:")
+      _print_table([{**l, "hazards": "; ".join(l["hazards"])} for l in r["layers"][:args.top]],
+                   ["name", "kind", "peak", "fp16_sqnr_db", "int8_sqnr_db", "hazards"])
+  if len(results) > 1:
+    print("\nUNet variants on the same prompts and seeds (SQNR in dB, higher is better):")
+    _print_table([lint.variant_row(n, r["unet"]) for n, r in results.items()],
+                 list(lint.VARIANT_COLUMNS))
+  return 0
+
+
 def cmd_train_demo(args) -> int:
   from edgediff.shapes import train
 
@@ -356,14 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.set_defaults(func=cmd_adherence)
 
+  p = sub.add_parser("lint", help="per-layer fp16 and int8 hazards, measured on sampling data")
+  p.add_argument("pipeline", nargs="?", help="a pipeline (default: the shipped default)")
+  p.add_argument("--compare", nargs="*", metavar="PIPELINE",
+                 help="variants to measure beside it on the same prompts and seeds "
+                      "(default for shapes: shapes-gelu shapes-softmax)")
+  p.add_argument("--top", type=int, default=8, help="worst layers to list (default 8)")
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=cmd_lint)
+
   p = sub.add_parser("train-demo", help="train the shapes model (the default pipeline) on CPU")
   p.add_argument("--out", default="runs/shapes",
                  help="working folder: checkpoints, cached latents, logs and the weights")
   p.add_argument("--variant", default="swish-relu", choices=["swish-relu", "gelu_tanh", "softmax"],
                  help="the UNet variant (default: MobileDiffusion's swish FF + relu attention)")
-  p.add_argument("--steps", type=int, help="diffusion training steps (default 3000)")
+  p.add_argument("--steps", type=int, help="diffusion training steps (default 2400)")
   p.add_argument("--ae-steps", type=int,
-                 help="autoencoder steps (default 800; a quarter of --steps when that is given)")
+                 help="autoencoder steps (default 2000; a quarter of --steps when that is given)")
   p.add_argument("--batch", type=int, help="diffusion batch size (default 64)")
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=cmd_train_demo)

@@ -30,6 +30,8 @@ class Pipeline:
   latent_size: int
   tokenizer: str | None = None  # a tokenizer folder; None: edgediff's CLIP vocabulary
   prediction_type: str = "epsilon"
+  # Prompts for calibration, parity inputs and end-to-end parity: what this model is for.
+  prompts: tuple[str, ...] = ()
   # How to open it again (for the manifest and `edgediff parity`): open_pipeline(**source).
   source: dict = dataclasses.field(default_factory=dict)
 
@@ -53,6 +55,7 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
         latent_size=configs["unet"][1].get("sample_size", 64),
         tokenizer=checkpoints.diffusers_tokenizer(folder),
         prediction_type=checkpoints.read_scheduler_prediction_type(folder),
+        prompts=shipped_prompts(),
         source={"from_diffusers": folder, "seed": seed})
 
   name = name or DEFAULT_PIPELINE
@@ -76,8 +79,15 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
   return Pipeline(name=name, build=build,
                   latent_size=spec.tiny_latent_size if tiny else spec.latent_size,
                   prediction_type=spec.prediction_type,
+                  prompts=shipped_prompts(spec.prompts),
                   source={"name": name, "weights": weights and os.path.abspath(weights),
                           "seed": seed})
+
+
+def shipped_prompts(name: str = "prompts.txt") -> tuple[str, ...]:
+  """A prompt file shipped in edgediff/assets, one prompt per line."""
+  text = (importlib.resources.files("edgediff") / "assets" / name).read_text()
+  return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def shipped_weights(spec: specs.PipelineSpec) -> str:

@@ -124,6 +124,8 @@ class PipelineSpec:
   prediction_type: str = "epsilon"
   # Trained weights shipped in edgediff/assets (a pipeline .safetensors), if any.
   weights: str | None = None
+  # Prompts for calibration, parity inputs and end-to-end parity (a file in edgediff/assets).
+  prompts: str = "prompts.txt"
 
   def component(self, component: str) -> ComponentSpec:
     return COMPONENT_SPECS[getattr(self, component)]
@@ -139,7 +141,7 @@ _PIPELINE_SPECS = [
 ]
 _SHAPES_PIPELINES = [
     PipelineSpec(name, "shapes-text", unet, "shapes-decoder", latent_size=8, tiny_latent_size=8,
-                 weights=f"shapes/{name}.safetensors")
+                 weights=f"shapes/{name}.safetensors", prompts="shapes/prompts.txt")
     for name, unet in (("shapes", "shapes-unet"), ("shapes-gelu", "shapes-unet-gelu"),
                        ("shapes-softmax", "shapes-unet-softmax"))]
 PIPELINE_SPECS = {spec.name: spec for spec in _PIPELINE_SPECS + _SHAPES_PIPELINES}

@@ -23,7 +23,7 @@ def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
     # The verdict is the numbers' verdict, whichever way it goes.
     assert entry["passed"] == (report["psnr_db"] >= thresholds.psnr_db
                                and report["cosine"] >= thresholds.cosine)
-    assert all(f["node"] and "sqnr_db" in f for f in info["fallback"])
+    assert all(f["node"] and "snr_db" in f for f in info["fallback"])
   assert manifest["components"]["vae_decoder"]["passed"]
   # UNet inputs recorded at timesteps across the whole DDIM trajectory, both prompts kinds.
   from edgediff.quant import calibration

@@ -34,12 +34,13 @@ class Case:
   image: np.ndarray
 
 
-def run(folder: str, prompts: list[str], seeds: int, steps: int = 8,
+def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
         guidance: float = 1.0) -> dict:
   from skimage.metrics import structural_similarity
 
   manifest = exporter.read_manifest(folder)
   pipe = pipeline_lib.open_source(manifest["source"])
+  prompts = prompts or pipe.prompts
   reference = gen.torch_backend(pipe, manifest["latent_size"])
   exported = gen.artifact_backend(folder, pipe.tokenizer)
   cases = []

@@ -27,7 +27,7 @@ from edgediff.errors import EdgediffError
 from edgediff.export import inputs as inputs_lib
 from edgediff.export import onnx as onnx_lib
 from edgediff.export import parity, runtimes, tflite as tflite_lib
-from edgediff.quant import calibration, onnx_static, recipes
+from edgediff.quant import calibration, onnx_static, recipes, tflite_static
 from edgediff.specs import COMPONENTS
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -118,10 +118,18 @@ def _convert(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]], 
       if name.startswith(os.path.basename(fp32_path)):
         os.remove(os.path.join(os.path.dirname(path), name))
     return info
-  else:
-    tflite_lib.export_tflite(module, feeds, (output_name,), path,
-                             quant_config=recipes.tflite_quant_config(opts.recipe))
-    return None
+  if opts.recipe in recipes.CALIBRATED:  # litert-torch fp32, then ai-edge-quantizer
+    fp32_path = path[: -len(".tflite")] + ".fp32.tflite"
+    tflite_lib.export_tflite(module, feeds, (output_name,), fp32_path)
+    info = tflite_static.quantize_with_fallback(
+        fp32_path, path, opts.recipe, [to_layout(f, opts.nhwc) for f in calib], samples,
+        references, output_name, parity.THRESHOLDS[opts.recipe])
+    info["calibration_samples"] = len(calib)
+    os.remove(fp32_path)
+    return info
+  tflite_lib.export_tflite(module, feeds, (output_name,), path,
+                           quant_config=recipes.tflite_quant_config(opts.recipe))
+  return None
 
 
 def _replace_into(tmp_dir: str, folder: str) -> None:
@@ -205,7 +213,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
 
 def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> dict:
   """Records the calibration set along float sampling runs and saves calibration.npz."""
-  prompts = list(opts.calib_prompts or inputs_lib.shipped_prompts())
+  prompts = list(opts.calib_prompts or pipe.prompts)
   log(f"calibration: recording {len(prompts) + 1} prompts x 8 DDIM steps in PyTorch fp32")
   data = calibration.record(pipe, latent_size, prompts)
   calibration.save(data, os.path.join(folder, "calibration.npz"))

@@ -7,8 +7,6 @@
 Seeded: the same seed gives the same inputs.
 """
 
-import importlib.resources
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,14 +15,8 @@ from edgediff import schedule
 from edgediff.models.text_encoder import tokenize
 
 
-def shipped_prompts() -> list[str]:
-  text = (importlib.resources.files("edgediff") / "assets" / "prompts.txt").read_text()
-  return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _prompts(n: int, batch: int, offset: int) -> list[list[str]]:
+def _prompts(prompts: tuple[str, ...], n: int, batch: int, offset: int) -> list[list[str]]:
   """n batches of prompts; with batch 2 the first of each is the empty (unconditional) one."""
-  prompts = shipped_prompts()
   out = []
   for i in range(n):
     p = prompts[(offset + i) % len(prompts)]
@@ -39,7 +31,7 @@ def representative_inputs(pipe, component: str, module, batch: int, latent_size:
   """n feeds {input name: array} for one component of `pipe`."""
   gen = torch.Generator().manual_seed(seed)
   specs = module.input_specs(batch, latent_size)
-  prompt_sets = _prompts(n, batch, offset=seed)
+  prompt_sets = _prompts(pipe.prompts, n, batch, offset=seed)
   if component == "text_encoder":
     return [{specs[0].name: tokenize(p, pipe.tokenizer).numpy()} for p in prompt_sets]
   if component == "vae_decoder":

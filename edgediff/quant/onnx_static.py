@@ -2,10 +2,9 @@
 
 onnxruntime.quantization calibrates activation ranges on the recorded diffusion data. When
 the result misses the parity gate, onnxruntime's qdq_loss_debug compares every quantized
-node's output with the float model's on the same inputs; the nodes with the lowest
-signal-to-quantization-noise ratio are kept in float, a few at a time, until the component
-passes or the budget of rounds runs out. The fallback list, with each node's SQNR, goes
-into the manifest.
+node's output with the float model's on the same inputs, and edgediff.quant.fallback keeps
+the nodes with the lowest signal-to-quantization-noise ratio in float, a few at a time. The
+fallback list, with each node's SQNR, goes into the manifest.
 """
 
 import os
@@ -14,10 +13,8 @@ import tempfile
 import numpy as np
 import onnx
 
-from edgediff.export import parity, runtimes
-
-MAX_ROUNDS = 4
-PER_ROUND = 0.25  # fraction of the still-quantized nodes kept in float per round
+from edgediff.export import runtimes
+from edgediff.quant import fallback
 
 
 def _Reader(feeds):
@@ -91,22 +88,15 @@ def _node_sqnr(fp32_path, qdq_path, feeds) -> dict[str, float]:
 
 def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references, output,
                            thresholds) -> dict:
-  """Writes `path`; returns {"fallback": [{node, sqnr_db}], "rounds": n}."""
+  """Writes `path`; returns {"fallback": [{node, snr_db}], "rounds": n}."""
   with tempfile.TemporaryDirectory() as tmp:
     unique = os.path.join(tmp, "unique.onnx")
     _unique_initializers(fp32_path, unique)
-    excluded: list[dict] = []
-    for round_ in range(1, MAX_ROUNDS + 1):
-      _quantize(unique, path, calib, [e["node"] for e in excluded])
-      run = runtimes.onnx_runner(path)
-      report = parity.compare("", references, [run(f)[output] for f in samples], thresholds)
-      if report.passed or round_ == MAX_ROUNDS:
-        break
-      sqnr = _node_sqnr(unique, path, samples[:1])
-      done = {e["node"] for e in excluded}
-      ranked = sorted((v, n) for n, v in sqnr.items() if n not in done)
-      if not ranked:
-        break
-      take = max(1, int(len(ranked) * PER_ROUND))
-      excluded += [{"node": n, "sqnr_db": round(v, 2)} for v, n in ranked[:take]]
-  return {"fallback": excluded, "rounds": round_}
+
+    def quantize(excluded):
+      _quantize(unique, path, calib, excluded)
+      return runtimes.onnx_runner(path)
+
+    return fallback.quantize_with_fallback(
+        quantize, lambda: _node_sqnr(unique, path, samples[:1]), samples, references, output,
+        thresholds, key="node")

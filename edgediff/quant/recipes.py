@@ -18,13 +18,15 @@ INT8_RECIPES = ("int8_dynamic", "int8_weight_only", "int8_static")
 
 # What each runtime's path in edgediff can produce today.
 SUPPORTED = {
-    "tflite": ("fp32", "fp16", "int8_weight_only", "int8_dynamic"),
+    "tflite": ("fp32", "fp16", "int8_weight_only", "int8_dynamic", "int8_static", "w8a16"),
     "onnx": ("fp32", "fp16", "int8_dynamic", "int8_static"),
 }
 CALIBRATED = ("int8_static", "w8a16")  # recipes that need calibration.npz
 _WHY_NOT = {
     ("onnx", "int8_weight_only"): "onnxruntime's CPU provider has no int8 weight-only kernels "
                                   "for Conv; use int8_dynamic, or --fmt tflite",
+    ("onnx", "w8a16"): "onnxruntime's CPU provider has no int16-activation kernels; use "
+                       "int8_static, or --fmt tflite",
 }
 
 
@@ -32,7 +34,7 @@ def check_recipe(fmt: str, recipe: str) -> None:
   if recipe not in RECIPES:
     raise EdgediffError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
   if recipe not in SUPPORTED[fmt]:
-    why = _WHY_NOT.get((fmt, recipe), "calibrated recipes are not available yet")
+    why = _WHY_NOT[(fmt, recipe)]
     raise EdgediffError(f"recipe {recipe} is not available for {fmt}: {why}")
 
 

@@ -12,10 +12,11 @@ attributes, in this grammar:
   BACKGROUND := "black" | "white" | "gray"
 
 for example "a small red triangle in the top left on a gray background": 2 * 6 * 4 * 5 * 3
-= 720 captions. Every shape of a size covers the same area (a circle of radius 5 or 9.5 px),
-its centre of area sits at the named anchor (18 or 46 px from the left and top, or 32 for
-the centre; no shape touches the border) moved by up to 2 px, and it is drawn at 4x and box-filtered down, so edges are
-anti-aliased. 108 of the 720 captions (15%, drawn with a fixed seed) are held out of
+= 720 captions. Every shape of a size covers the same area (a circle of radius 7 or 11 px;
+smaller shapes do not survive the f=8 autoencoder), its centre of area sits at the named
+anchor (20 or 44 px from the left and top, or 32 for the centre) moved by up to 2 px, so
+shapes stay inside the frame (at most a triangle's tip touches it), and it is drawn at 4x
+and box-filtered down, so edges are anti-aliased. 108 of the 720 captions (15%, drawn with a fixed seed) are held out of
 training, so that adherence is measured on captions the model never saw.
 """
 
@@ -28,15 +29,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 64
-SIZES = {"small": 5.0, "large": 9.5}  # radius in px of the circle of the same area
+SIZES = {"small": 7.0, "large": 11.0}  # radius in px of the circle of the same area
 COLOURS = {
     "red": (230, 30, 30), "green": (30, 190, 40), "blue": (30, 60, 230),
     "yellow": (240, 220, 30), "magenta": (220, 40, 220), "cyan": (30, 210, 220),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 POSITIONS = {
-    "top left": (18, 18), "top right": (46, 18), "bottom left": (18, 46),
-    "bottom right": (46, 46), "center": (32, 32),
+    "top left": (20, 20), "top right": (44, 20), "bottom left": (20, 44),
+    "bottom right": (44, 44), "center": (32, 32),
 }
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 ATTRIBUTES = ("size", "colour", "shape", "position", "background")

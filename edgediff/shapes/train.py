@@ -2,8 +2,8 @@
 
 Two stages, each resumable from the checkpoint it writes every few hundred steps:
 1. autoencoder: an SD-style encoder and the shapes decoder learn to map 64x64 images to
-   8x8x8 latents and back (L1 + MSE, with noise added to the latents so the decoder is
-   robust to a sampler's imperfect latents); the latent scale is then folded into the weights
+   8x8x8 latents and back (L1 + MSE, shape pixels and edges weighted up, with noise added to
+   the latents so the decoder is robust to a sampler's imperfect latents); the latent scale is then folded into the weights
    so that latents have unit standard deviation, as diffusion expects.
 2. diffusion: the text encoder and UNet of one variant learn together to predict the noise
    added to encoded training images (epsilon prediction, SD's schedule; 10% of captions
@@ -39,15 +39,16 @@ VARIANTS = {  # variant -> the pipeline spec it trains
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  steps: int = 3000  # diffusion steps (text encoder + UNet)
+  steps: int = 2400  # diffusion steps (text encoder + UNet)
   batch: int = 64
   lr: float = 2e-3
   warmup: int = 100
   ema: float = 0.999
   cond_dropout: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
-  ae_steps: int = 800
+  ae_steps: int = 2000
   ae_batch: int = 16
-  ae_lr: float = 1e-3
+  ae_lr: float = 2e-3
+  ae_shape_weight: float = 20.0  # loss weight of shape pixels over background pixels
   ae_latent_noise: float = 0.1  # std of the noise added to latents while training the decoder
   dataset: int = 40_000  # encoded training images (fewer for short runs; see dataset_size)
   checkpoint_every: int = 200
@@ -70,8 +71,14 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
   return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W) in [0, 1]
 
 
+def _shape_mask(x: torch.Tensor) -> torch.Tensor:
+  """(B, 1, H, W): 1 where a pixel differs from the image's corner colour (the background)."""
+  return ((x - x[:, :, :1, :1]).abs().amax(dim=1, keepdim=True) > 0.02).float()
+
+
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
-  """Linear warm-up, then cosine decay to a tenth of the peak."""
+  """Linear warm-up (at most a tenth of the run), then cosine decay to a tenth of the peak."""
+  warmup = max(min(warmup, total // 10), 1)
   if step < warmup:
     return peak * (step + 1) / warmup
   progress = (step - warmup) / max(total - warmup, 1)
@@ -137,7 +144,14 @@ def train_autoencoder(cfg: TrainConfig, out: str, progress: bool = True):
     z = encoder(x * 2 - 1)
     z_noisy = z + cfg.ae_latent_noise * z.detach().std() * torch.randn(z.shape, generator=g)
     y = decoder(z_noisy)
-    loss = F.l1_loss(y, x) + F.mse_loss(y, x)
+    # The shape covers 2-9% of the pixels: weighted up, so that the background alone is not
+    # a good enough answer (unweighted, the decoder learns grey blobs; shape pixels alone,
+    # it learns rounded ones).
+    mask = _shape_mask(x)
+    # Edges and corners are what tells a square from a circle: weighted up once more.
+    edge = F.max_pool2d(mask, 3, 1, 1) - (-F.max_pool2d(-mask, 3, 1, 1))  # dilate - erode
+    weight = 1 + cfg.ae_shape_weight * (mask + edge)
+    loss = (weight * ((y - x).abs() + (y - x) ** 2)).mean()
     for group in optimizer.param_groups:
       group["lr"] = _lr(step, cfg.ae_steps, cfg.ae_lr, cfg.warmup)
     optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,34 @@
+"""Sensitivity-driven fallback, shared by the ONNX and TFLite calibrated recipes.
+
+Quantize; if the artifact misses the parity gate, rank what is still quantized by its own
+output's signal-to-noise ratio against float (lowest first), keep the worst quarter in float,
+and quantize again, until the component passes or the budget of rounds runs out.
+"""
+
+from typing import Callable
+
+from edgediff.export import parity
+
+MAX_ROUNDS = 4
+PER_ROUND = 0.25  # fraction of the still-quantized ops kept in float per round
+
+
+def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
+                           sensitivity: Callable[[], dict[str, float]], samples, references,
+                           output: str, thresholds, key: str) -> dict:
+  """quantize(excluded names) writes the artifact and returns its runner; sensitivity() gives
+  {name: SNR dB} of the artifact just written. Returns {"fallback": [{key, snr_db}],
+  "rounds": n}."""
+  excluded: list[dict] = []
+  for round_ in range(1, MAX_ROUNDS + 1):
+    run = quantize([e[key] for e in excluded])
+    report = parity.compare("", references, [run(f)[output] for f in samples], thresholds)
+    if report.passed or round_ == MAX_ROUNDS:
+      break
+    done = {e[key] for e in excluded}
+    ranked = sorted((v, n) for n, v in sensitivity().items() if n not in done)
+    if not ranked:
+      break
+    take = max(1, int(len(ranked) * PER_ROUND))
+    excluded += [{key: n, "snr_db": round(v, 2)} for v, n in ranked[:take]]
+  return {"fallback": excluded, "rounds": round_}

@@ -1,0 +1,84 @@
+"""Calibrated TFLite recipes with ai-edge-quantizer: int8_static (W8A8) and w8a16.
+
+The fp32 .tflite from litert-torch is calibrated on the recorded diffusion data (the same
+calibration.npz that feeds onnxruntime) and quantized with per-channel int8 weights and int8
+or int16 activations. When the result misses the parity gate, ai-edge-quantizer's validate
+compares every intermediate tensor of the quantized model with the float one on the same
+inputs, and edgediff.quant.fallback keeps the ops whose outputs have the lowest
+signal-to-noise ratio in float, a few at a time. The fallback list, with each op's SNR, goes
+into the manifest. Inputs and outputs stay float.
+"""
+
+import contextlib
+import re
+import sys
+
+import numpy as np
+
+from edgediff import atomic
+from edgediff.export import runtimes
+from edgediff.quant import aeq_workaround, fallback
+
+_SIGNATURE = "serving_default"  # litert-torch's one signature
+
+
+def _quantizer(fp32_path: str, recipe: str, excluded: list[str]):
+  from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+  from ai_edge_quantizer import recipe as aeq_recipe
+
+  aeq_workaround.apply()  # full-size conv weights over 32 MiB
+  qt = quantizer.Quantizer(fp32_path)
+  qt.load_quantization_recipe(
+      aeq_recipe.static_wi8_ai8() if recipe == "int8_static" else aeq_recipe.static_wi8_ai16())
+  # Float inputs and outputs: without this the graph's inputs and outputs become int8 too.
+  for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+    qt.update_quantization_recipe(regex=".*", operation_name=io_op,
+                                  algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+  for tensor in excluded:  # a later, narrower scope overrides '.*'
+    # An op's scope is its output tensor names, each followed by ';'.
+    qt.update_quantization_recipe(
+        regex=f"(^|;){re.escape(tensor)};", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+  return qt
+
+
+def _quantize(fp32_path: str, path: str, recipe: str, calib, excluded: list[str]):
+  qt = _quantizer(fp32_path, recipe, excluded)
+  with contextlib.redirect_stdout(sys.stderr):  # its progress report goes to stdout
+    result = qt.calibrate({_SIGNATURE: calib}, num_threads=1)
+    quantized = qt.quantize(result, enable_progress_report=False)
+  atomic.write_bytes(path, bytes(quantized.quantized_model))
+  return qt
+
+
+def _tensor_snr(qt, feeds) -> dict[str, float]:
+  """SNR (dB) of each intermediate tensor of the quantized model against float.
+
+  ai-edge-quantizer's SNR is the power ratio mean(float^2) / mean((quantized - float)^2).
+  """
+  from ai_edge_quantizer.utils import validation_utils
+
+  with contextlib.redirect_stdout(sys.stderr):
+    result = qt.validate({_SIGNATURE: feeds}, error_metrics=[
+        validation_utils.ValidationErrorMetric.SNR], num_threads=1)
+  tensors = result.get_signature_comparison_result(_SIGNATURE).intermediate_tensors
+  out = {}
+  for name, metrics in tensors.items():
+    value = metrics.get("snr")
+    if value is not None and np.isfinite(value) and value > 0:
+      out[name] = 10 * float(np.log10(value))
+  return out
+
+
+def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, samples, references,
+                           output: str, thresholds) -> dict:
+  """Writes `path`; returns {"fallback": [{tensor, snr_db}], "rounds": n}."""
+  last = {}
+
+  def quantize(excluded):
+    last["qt"] = _quantize(fp32_path, path, recipe, calib, excluded)
+    return runtimes.tflite_runner(path)
+
+  return fallback.quantize_with_fallback(
+      quantize, lambda: _tensor_snr(last["qt"], samples[:1]), samples, references, output,
+      thresholds, key="tensor")
