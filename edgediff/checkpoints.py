@@ -15,7 +15,7 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from edgediff import atomic
+from edgediff import atomic, schedule
 from edgediff.errors import EdgediffError
 from edgediff.models import decoders, text_encoder
 
@@ -150,9 +150,15 @@ def diffusers_tokenizer(folder: str) -> str | None:
   return path if os.path.isfile(os.path.join(path, "vocab.json")) else None
 
 
-def read_scheduler_prediction_type(folder: str) -> str:
+def read_scheduler(folder: str) -> dict:
+  """{prediction_type, schedule} from a diffusers folder's scheduler/scheduler_config.json."""
   path = os.path.join(folder, "scheduler", "scheduler_config.json")
   if not os.path.isfile(path):
-    return "epsilon"
+    return {"prediction_type": "epsilon", "schedule": schedule.SD}
   with open(path) as f:
-    return json.load(f).get("prediction_type", "epsilon")
+    config = json.load(f)
+  try:
+    return {"prediction_type": config.get("prediction_type", "epsilon"),
+            "schedule": schedule.Schedule.from_diffusers(config)}
+  except ValueError as e:
+    raise EdgediffError(f"{path}: {e}") from None

@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="working folder: checkpoints, cached latents, logs and the weights")
   p.add_argument("--variant", default="swish-relu", choices=["swish-relu", "gelu_tanh", "softmax"],
                  help="the UNet variant (default: MobileDiffusion's swish FF + relu attention)")
-  p.add_argument("--steps", type=int, help="diffusion training steps (default 2400)")
+  p.add_argument("--steps", type=int, help="diffusion training steps (default 3600)")
   p.add_argument("--ae-steps", type=int,
                  help="autoencoder steps (default 2000; a quarter of --steps when that is given)")
   p.add_argument("--batch", type=int, help="diffusion batch size (default 64)")

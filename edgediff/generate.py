@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from edgediff import atomic, schedule
 from edgediff.errors import EdgediffError
+from edgediff.schedule import SD as SD_SCHEDULE, Schedule
 from edgediff.models.text_encoder import tokenize
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> the one output, NCHW
@@ -30,6 +31,7 @@ class Backend:
   latent_shape: tuple[int, ...]  # (C, h, w)
   tokenizer: str | None
   prediction_type: str
+  schedule: Schedule = SD_SCHEDULE
 
 
 def torch_backend(pipe, latent_size: int | None = None) -> Backend:
@@ -40,7 +42,7 @@ def torch_backend(pipe, latent_size: int | None = None) -> Backend:
   sample = modules["unet"].input_specs(1, latent_size or pipe.latent_size)[0]
   runners = {c: functools.partial(torch_call, m) for c, m in modules.items()}
   return Backend("torch", runners, 1, sample.shape[1:],
-                 pipe.tokenizer, pipe.prediction_type)
+                 pipe.tokenizer, pipe.prediction_type, pipe.schedule)
 
 
 def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
@@ -70,13 +72,8 @@ def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
   return Backend(f"{manifest['format']}/{manifest['recipe']}",
                  {c: runner(e) for c, e in manifest["components"].items()},
                  manifest["batch"], latent, tokenizer,
-                 manifest.get("prediction_type", "epsilon"))
-
-
-def ddim_timesteps(steps: int) -> np.ndarray:
-  """SD's "leading" spacing with steps_offset 1: e.g. 8 steps -> 876, 751, ..., 1."""
-  ratio = schedule.TRAIN_STEPS // steps
-  return (np.arange(steps) * ratio)[::-1] + 1
+                 manifest.get("prediction_type", "epsilon"),
+                 schedule.Schedule(**manifest.get("schedule", {})))
 
 
 def predict_x0_eps(model_out, x, abar, prediction_type):
@@ -114,8 +111,8 @@ def generate(backend: Backend, prompt: str, steps: int = 8, guidance: float = 1.
                 for p in prompts]  # each (1, 77, D)
   generator = torch.Generator().manual_seed(seed)
   x = torch.randn((1, *backend.latent_shape), generator=generator).numpy()
-  abar_all = schedule.alphas_cumprod().numpy().astype(np.float64)
-  timesteps = ddim_timesteps(steps)
+  abar_all = backend.schedule.alphas_cumprod().numpy().astype(np.float64)
+  timesteps = backend.schedule.timesteps(steps)
   latents = []
   for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):
     if use_cfg and backend.unet_batch == 2:

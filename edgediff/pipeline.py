@@ -14,8 +14,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgediff import checkpoints, specs
+from edgediff import checkpoints, schedule, specs
 from edgediff.errors import EdgediffError
+from edgediff.schedule import SD as SD_SCHEDULE, Schedule
 
 DEFAULT_PIPELINE = "md-tiny"  # until the shapes weights ship
 
@@ -30,6 +31,7 @@ class Pipeline:
   latent_size: int
   tokenizer: str | None = None  # a tokenizer folder; None: edgediff's CLIP vocabulary
   prediction_type: str = "epsilon"
+  schedule: Schedule = SD_SCHEDULE
   # Prompts for calibration, parity inputs and end-to-end parity: what this model is for.
   prompts: tuple[str, ...] = ()
   # How to open it again (for the manifest and `edgediff parity`): open_pipeline(**source).
@@ -54,7 +56,7 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
             folder, component),
         latent_size=configs["unet"][1].get("sample_size", 64),
         tokenizer=checkpoints.diffusers_tokenizer(folder),
-        prediction_type=checkpoints.read_scheduler_prediction_type(folder),
+        **checkpoints.read_scheduler(folder),
         prompts=shipped_prompts(),
         source={"from_diffusers": folder, "seed": seed})
 
@@ -78,7 +80,7 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
 
   return Pipeline(name=name, build=build,
                   latent_size=spec.tiny_latent_size if tiny else spec.latent_size,
-                  prediction_type=spec.prediction_type,
+                  prediction_type=spec.prediction_type, schedule=spec.schedule,
                   prompts=shipped_prompts(spec.prompts),
                   source={"name": name, "weights": weights and os.path.abspath(weights),
                           "seed": seed})

@@ -9,7 +9,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from edgediff import schedule
 from edgediff.errors import EdgediffError
+from edgediff.schedule import SD as SD_SCHEDULE, Schedule
 from edgediff.models import decoders, md_unet, sd_unets, text_encoder
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
@@ -122,6 +124,7 @@ class PipelineSpec:
   latent_size: int = 64  # 512 px images with the f=8 decoders
   tiny_latent_size: int = 16
   prediction_type: str = "epsilon"
+  schedule: Schedule = SD_SCHEDULE
   # Trained weights shipped in edgediff/assets (a pipeline .safetensors), if any.
   weights: str | None = None
   # Prompts for calibration, parity inputs and end-to-end parity (a file in edgediff/assets).
@@ -141,6 +144,7 @@ _PIPELINE_SPECS = [
 ]
 _SHAPES_PIPELINES = [
     PipelineSpec(name, "shapes-text", unet, "shapes-decoder", latent_size=8, tiny_latent_size=8,
+                 prediction_type="v_prediction", schedule=schedule.ZERO_SNR,
                  weights=f"shapes/{name}.safetensors", prompts="shapes/prompts.txt")
     for name, unet in (("shapes", "shapes-unet"), ("shapes-gelu", "shapes-unet-gelu"),
                        ("shapes-softmax", "shapes-unet-softmax"))]

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from edgediff import checkpoints, pipeline, specs
+from edgediff import checkpoints, pipeline, schedule, specs
 from edgediff.errors import EdgediffError
 
 
@@ -107,4 +107,20 @@ def test_diffusers_folder_missing_config(tmp_path):
   folder = write_tiny_diffusers_folder(tmp_path / "f")
   os.remove(os.path.join(folder, "vae", "config.json"))
   with pytest.raises(EdgediffError, match=r"vae/config\.json: missing"):
+    pipeline.open_pipeline(from_diffusers=folder)
+
+
+def test_diffusers_scheduler_config_sets_the_schedule(tmp_path):
+  folder = write_tiny_diffusers_folder(tmp_path / "f")
+  assert pipeline.open_pipeline(from_diffusers=folder).schedule == schedule.SD
+  os.makedirs(os.path.join(folder, "scheduler"))
+  path = os.path.join(folder, "scheduler", "scheduler_config.json")
+  with open(path, "w") as f:
+    json.dump({"prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+               "timestep_spacing": "trailing"}, f)
+  pipe = pipeline.open_pipeline(from_diffusers=folder)
+  assert pipe.prediction_type == "v_prediction" and pipe.schedule == schedule.ZERO_SNR
+  with open(path, "w") as f:
+    json.dump({"beta_schedule": "squaredcos_cap_v2"}, f)
+  with pytest.raises(EdgediffError, match=r"scheduler_config\.json: beta_schedule"):
     pipeline.open_pipeline(from_diffusers=folder)

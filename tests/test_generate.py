@@ -21,24 +21,30 @@ def out_dir(tmp_path_factory):
   return out
 
 
-def test_ddim_matches_diffusers():
+@pytest.mark.parametrize("sched,prediction", [(schedule.SD, "epsilon"),
+                                               (schedule.ZERO_SNR, "v_prediction")])
+def test_ddim_matches_diffusers(sched, prediction):
   from diffusers import DDIMScheduler
 
-  scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                            clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+  config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+            "clip_sample": False, "set_alpha_to_one": False, "prediction_type": prediction,
+            "rescale_betas_zero_snr": sched.zero_terminal_snr, "timestep_spacing": sched.spacing}
+  scheduler = DDIMScheduler(**config, steps_offset=1 if sched.spacing == "leading" else 0)
+  assert schedule.Schedule.from_diffusers(config) == sched
   scheduler.set_timesteps(8)
-  np.testing.assert_array_equal(gen.ddim_timesteps(8), scheduler.timesteps.numpy())
+  steps = sched.timesteps(8)
+  np.testing.assert_array_equal(steps, scheduler.timesteps.numpy())
+  abar = sched.alphas_cumprod().numpy().astype(np.float64)
+  np.testing.assert_allclose(abar, scheduler.alphas_cumprod.numpy(), atol=1e-6)
   torch.manual_seed(0)
   x = torch.randn(1, 4, 8, 8)
   expected = x.clone()
   ours = x.numpy().astype(np.float64)
-  abar = schedule.alphas_cumprod().numpy().astype(np.float64)
-  steps = gen.ddim_timesteps(8)
   for i, t in enumerate(steps):
     eps = torch.sin(expected * 3 + float(t) / 100)  # a fixed stand-in for a UNet
     expected = scheduler.step(eps, int(t), expected).prev_sample
     eps_ours = np.sin(ours * 3 + float(t) / 100)
-    x0, e = gen.predict_x0_eps(eps_ours, ours, abar[t], "epsilon")
+    x0, e = gen.predict_x0_eps(eps_ours, ours, abar[t], prediction)
     prev = abar[steps[i + 1]] if i + 1 < len(steps) else abar[0]
     ours = np.sqrt(prev) * x0 + np.sqrt(1 - prev) * e
   np.testing.assert_allclose(ours, expected.numpy(), atol=1e-4)

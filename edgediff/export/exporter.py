@@ -238,6 +238,7 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
       "pipeline": pipe.name, "format": opts.fmt, "recipe": opts.recipe,
       "source": pipe.source, "batch": opts.batch, "latent_size": latent_size,
       "prediction_type": pipe.prediction_type,
+      "schedule": dataclasses.asdict(pipe.schedule),
       "components": dict(old.get("components", {})),
   }
   settings = _settings(pipe, opts, latent_size)

@@ -47,7 +47,7 @@ def representative_inputs(pipe, component: str, module, batch: int, latent_size:
     x0 = F.interpolate(torch.randn(b, c, h // 4 or 1, w // 4 or 1, generator=gen),
                        size=(h, w), mode="bilinear")  # smooth, image-like latents
     t = torch.full((b,), float(steps[i]))
-    noisy = schedule.add_noise(x0, torch.randn(sample.shape, generator=gen), t)
+    noisy = pipe.schedule.add_noise(x0, torch.randn(sample.shape, generator=gen), t)
     embeddings = text_encoder(tokenize(prompts, pipe.tokenizer))
     feeds.append({sample.name: noisy.numpy(), timestep.name: t.numpy(),
                   context.name: embeddings.numpy()})

@@ -1,13 +1,13 @@
-"""Ships a train-demo run's weights into edgediff/assets/shapes and writes the model card.
+"""Ships a train-demo run's weights into edgediff/assets/shapes and measures them for the model card.
 
   python -m edgediff.shapes.card RUN_DIR [--quant] [-n 200]
 
 For every variant the run trained: the weights go to assets/shapes/<pipeline>.safetensors in
 fp16 (half the bytes; every figure below is measured on the shipped fp16-stored weights,
 computed in fp32), then adherence on held-out captions is measured in PyTorch, and with
---quant also on TFLite fp16, TFLite int8_dynamic and ONNX int8_dynamic exports, with their
-per-component parity. Plots (loss curves, a sample sheet) and MODEL_CARD.md are written
-beside the weights; the numbers also go to card.json.
+--quant also on TFLite fp16, int8_dynamic and int8_static and ONNX int8_dynamic exports, with
+their per-component parity. Plots (loss curves, a sample sheet) and card.json are written
+beside the weights; MODEL_CARD.md quotes them.
 """
 
 import argparse
@@ -24,7 +24,8 @@ from edgediff import generate as gen
 from edgediff.shapes import adherence, data, train
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
-QUANT = (("tflite", "fp16"), ("tflite", "int8_dynamic"), ("onnx", "int8_dynamic"))
+QUANT = (("tflite", "fp16"), ("tflite", "int8_dynamic"), ("tflite", "int8_static"),
+         ("onnx", "int8_dynamic"))
 
 
 def ship(run_dir: str) -> dict[str, int]:
@@ -69,7 +70,7 @@ def plot_losses(run_dir: str, path: str) -> None:
       k = 50  # moving average: single-batch losses swing with the sampled timesteps
       smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
       axes[1].plot(np.arange(k, len(losses) + 1), smooth, lw=1, label=variant)
-  axes[1].set(title="diffusion (noise MSE, 50-step mean)", xlabel="step", yscale="log")
+  axes[1].set(title="diffusion (v MSE, 50-step mean)", xlabel="step", yscale="log")
   axes[1].legend()
   atomic.write_bytes(path, _png(fig))
   plt.close(fig)

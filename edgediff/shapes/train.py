@@ -3,11 +3,12 @@
 Two stages, each resumable from the checkpoint it writes every few hundred steps:
 1. autoencoder: an SD-style encoder and the shapes decoder learn to map 64x64 images to
    8x8x8 latents and back (L1 + MSE, shape pixels and edges weighted up, with noise added to
-   the latents so the decoder is robust to a sampler's imperfect latents); the latent scale is then folded into the weights
-   so that latents have unit standard deviation, as diffusion expects.
-2. diffusion: the text encoder and UNet of one variant learn together to predict the noise
-   added to encoded training images (epsilon prediction, SD's schedule; 10% of captions
-   dropped to "" so that classifier-free guidance works); weights averaged (EMA) for sampling.
+   the latents so the decoder is robust to a sampler's imperfect latents); the latent scale
+   is then folded into the weights so that latents have unit standard deviation.
+2. diffusion: the text encoder and UNet of one variant learn together to denoise encoded
+   training images with the pipeline's prediction type and schedule (v-prediction, zero
+   terminal SNR: see edgediff/schedule.py for why; 10% of captions dropped to "" so that
+   classifier-free guidance works); weights averaged (EMA) for sampling.
 The encoded training set is cached (latents.safetensors), so that every variant trains on
 the same data, seed and step budget. Every step's randomness comes from (seed, step), so a
 resumed run continues exactly where it stopped.
@@ -39,7 +40,7 @@ VARIANTS = {  # variant -> the pipeline spec it trains
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  steps: int = 2400  # diffusion steps (text encoder + UNet)
+  steps: int = 3600  # diffusion steps (text encoder + UNet)
   batch: int = 64
   lr: float = 2e-3
   warmup: int = 100
@@ -211,6 +212,11 @@ def train_diffusion(cfg: TrainConfig, variant: str, latents: torch.Tensor,
   pipeline = specs.pipeline_spec(VARIANTS[variant])
   torch.manual_seed(cfg.seed)
   text_encoder = pipeline.component("text_encoder").build().train()
+  # CLIP's token embeddings start at std 0.02, far below what the layers add to the residual
+  # stream: trained from scratch on a few hundred captions, the words after the first few
+  # then barely change the output (the background and position were lost). At unit scale
+  # every word stays visible in its own position's output.
+  nn.init.normal_(text_encoder.text_model.embeddings.token_embedding.weight, std=1.0)
   unet = pipeline.component("unet").build().train()
   model = nn.ModuleDict({"text_encoder": text_encoder, "unet": unet})
   ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -219,8 +225,9 @@ def train_diffusion(cfg: TrainConfig, variant: str, latents: torch.Tensor,
   modules = {"model": model, "ema": ema}
   losses, start, seconds = _resume(state_path, modules, optimizer)
   began = time.monotonic()
-  abar = schedule.alphas_cumprod()
+  abar = pipeline.schedule.alphas_cumprod()
   empty = tokenize([""])  # (1, 77)
+  v_prediction = {"v_prediction": True, "epsilon": False}[pipeline.prediction_type]
   bar = tqdm(range(start, cfg.steps), desc=f"diffusion ({variant})", initial=start,
              total=cfg.steps, disable=not progress)
   for step in bar:
@@ -233,7 +240,9 @@ def train_diffusion(cfg: TrainConfig, variant: str, latents: torch.Tensor,
     a = abar[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     pred = unet(x_t, t.float(), text_encoder(ids))
-    loss = F.mse_loss(pred, noise)
+    # The target the pipeline's sampler expects (v: the shapes specs start from pure noise).
+    target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_prediction else noise
+    loss = F.mse_loss(pred, target)
     for group in optimizer.param_groups:
       group["lr"] = _lr(step, cfg.steps, cfg.lr, cfg.warmup)
     optimizer.zero_grad(set_to_none=True)
