@@ -125,13 +125,37 @@ def append_results(path: str, record: dict) -> None:
     f.write(json.dumps(record) + "\n")
 
 
+def op_profiles(folder: str, runs: int, threads: int) -> list[dict]:
+  """Per component of one export: ORT's per-op times (ONNX, and the .ort file when there is
+  one) or the TFLite op mix and XNNPACK partitions (edgediff.profile)."""
+  from edgediff import profile
+  from edgediff.export import exporter
+
+  manifest = exporter.read_manifest(folder)
+  out = []
+  for component, entry in manifest["components"].items():
+    label = {"folder": folder, "component": component, "recipe": manifest["recipe"]}
+    if manifest["format"] == "tflite":
+      out.append({**label, "backend": "tflite",
+                  **profile.tflite_op_mix(os.path.join(folder, entry["file"]))})
+      continue
+    feeds, _ = exporter.golden_feeds(folder, entry)
+    for backend, file in (("onnx", entry["file"]), ("ort", entry.get("ort"))):
+      if file:
+        out.append({**label, "backend": backend, **profile.onnx_op_times(
+            os.path.join(folder, file), feeds, runs, threads)})
+  return out
+
+
 def run_bench(folders: list[str], runs: int, threads: int, steps: int, guidance: bool,
-              results_file: str | None) -> dict:
+              results_file: str | None, ops: bool = False) -> dict:
   torch_done = set()
   rows = [r for folder in folders for r in bench_folder(folder, runs, threads, torch_done)]
   record = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "machine": machine(), "steps": steps, "guidance": guidance, "rows": rows,
             "seconds_per_image": pipeline_seconds(rows, steps, guidance)}
+  if ops:
+    record["ops"] = [p for folder in folders for p in op_profiles(folder, runs, threads)]
   if results_file:
     append_results(results_file, record)
   return record

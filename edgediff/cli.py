@@ -243,7 +243,7 @@ def cmd_bench(args) -> int:
   from edgediff.export import check
 
   record = bench.run_bench(check.find_manifests(args.dir), args.runs, args.threads,
-                           args.steps, args.guidance, args.results)
+                           args.steps, args.guidance, args.results, ops=args.ops)
   if args.json:
     print(json.dumps(record, indent=1))
     return 0
@@ -252,6 +252,15 @@ def cmd_bench(args) -> int:
   print(f"\ntime per image ({args.steps} steps{', guidance' if args.guidance else ''}):")
   for backend, seconds in sorted(record["seconds_per_image"].items()):
     print(f"  {backend}: {seconds:.3f} s")
+  for p in record.get("ops", []):
+    where = f"{p['folder']} {p['component']} ({p['backend']})"
+    if p["backend"] == "tflite":
+      outside = ", ".join(f"{op} x{n}" for op, n in p["outside"].items()) or "none"
+      print(f"\n{where}: {sum(p['ops'].values())} ops, {p['delegated']} in "
+            f"{p['partitions']} XNNPACK partitions; outside XNNPACK: {outside}")
+    else:
+      print(f"\n{where}: {p['total_ms']:.2f} ms of kernels per run; top ops by time:")
+      _print_table(p["ops"][:args.top_ops], ["op", "calls", "ms", "share"])
   if args.results:
     print(f"appended to {args.results}")
   return 0
@@ -360,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--runs", type=int, default=20, help="timed runs after one warm-up")
   p.add_argument("--steps", type=int, default=8, help="denoising steps for time per image")
   p.add_argument("--guidance", action="store_true", help="time per image with guidance")
+  p.add_argument("--ops", action="store_true",
+                 help="op-level profiles: ORT's per-op times (ONNX) or the op mix and what "
+                      "runs outside the XNNPACK delegate (TFLite)")
+  p.add_argument("--top-ops", type=int, default=8, help="ONNX ops to list with --ops")
   p.add_argument("--results", default="bench_results.jsonl",
                  help="append results with the machine description (default: "
                       "bench_results.jsonl; '' to skip)")

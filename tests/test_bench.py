@@ -25,3 +25,27 @@ def test_bench_table_json_and_results_file(tmp_path, capsys):
   assert cli.main(["bench", str(tmp_path / "out"), "--runs", "2", "--results", str(results)]) == 0
   assert "vae_decoder" in capsys.readouterr().out
   assert len(results.read_text().splitlines()) == 2
+
+
+def test_op_profiles(tmp_path, capsys):
+  pipe = pipeline.open_pipeline("md-tiny")
+  for fmt, recipe in (("onnx", "int8_dynamic"), ("tflite", "fp32")):
+    exporter.export_pipeline(pipe, exporter.ExportOptions(
+        fmt=fmt, out=str(tmp_path), recipe=recipe, components=("vae_decoder",)))
+  code = cli.main(["bench", str(tmp_path), "--runs", "2", "--threads", "1", "--results", "",
+                   "--ops", "--json"])
+  assert code == 0
+  profiles = {p["backend"]: p for p in json.loads(capsys.readouterr().out)["ops"]}
+  onnx = profiles["onnx"]
+  # ORT's kernel times, per op type, descending; dynamic int8 runs integer kernels.
+  assert [o["ms"] for o in onnx["ops"]] == sorted((o["ms"] for o in onnx["ops"]), reverse=True)
+  assert abs(sum(o["share"] for o in onnx["ops"]) - 1) < 0.01
+  assert {"ConvInteger", "DynamicQuantizeMatMul"} & {o["op"] for o in onnx["ops"]}
+  tflite = profiles["tflite"]
+  total = sum(tflite["ops"].values())
+  assert tflite["ops"]["CONV_2D"] > 0 and tflite["partitions"] >= 1
+  # Every op is either in a delegate partition or counted outside.
+  assert tflite["delegated"] + sum(tflite["outside"].values()) == total
+  assert "CONV_2D" not in tflite["outside"]  # XNNPACK takes float convolutions
+  assert cli.main(["bench", str(tmp_path), "--runs", "2", "--results", "", "--ops"]) == 0
+  assert "XNNPACK partitions" in capsys.readouterr().out
