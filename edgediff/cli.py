@@ -272,8 +272,15 @@ def cmd_lint(args) -> int:
 
   name = args.pipeline or pipeline.DEFAULT_PIPELINE
   compare = args.compare
-  if compare is None:
-    compare = ["shapes-gelu", "shapes-softmax"] if name == "shapes" else []
+  if compare is None:  # the trained variants that ship beside the default model
+    from edgediff import specs
+
+    variants = ["shapes-gelu", "shapes-softmax"] if name == "shapes" else []
+    compare = [v for v in variants if os.path.isfile(
+        pipeline.shipped_weights_path(specs.pipeline_spec(v)))]
+    if len(compare) < len(variants):
+      print(f"note: {', '.join(sorted(set(variants) - set(compare)))} not shipped; train "
+            "them with `edgediff train-demo --variant gelu_tanh|softmax`")
   results = {n: lint.lint_pipeline(pipeline.open_pipeline(n)) for n in [name, *compare]}
   if args.json:
     print(json.dumps(results, indent=1))

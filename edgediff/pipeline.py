@@ -18,7 +18,7 @@ from edgediff import checkpoints, schedule, specs
 from edgediff.errors import EdgediffError
 from edgediff.schedule import SD as SD_SCHEDULE, Schedule
 
-DEFAULT_PIPELINE = "md-tiny"  # until the shapes weights ship
+DEFAULT_PIPELINE = "shapes"  # the small trained model shipped in edgediff/assets/shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +92,12 @@ def shipped_prompts(name: str = "prompts.txt") -> tuple[str, ...]:
   return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+def shipped_weights_path(spec: specs.PipelineSpec) -> str:
+  return str(importlib.resources.files("edgediff") / "assets" / spec.weights)
+
+
 def shipped_weights(spec: specs.PipelineSpec) -> str:
-  path = str(importlib.resources.files("edgediff") / "assets" / spec.weights)
+  path = shipped_weights_path(spec)
   if not os.path.isfile(path):
     raise EdgediffError(f"{path}: the {spec.name} pipeline's shipped weights are missing; "
                         "reinstall edgediff, or train them with `edgediff train-demo`")

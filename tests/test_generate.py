@@ -87,7 +87,7 @@ def test_generate_cli(out_dir, tmp_path, capsys):
   png = tmp_path / "x.png"
   assert cli.main(["generate", "--prompt", "a red circle", "--out", str(png), "--steps", "3",
                    "--guidance", "2"]) == 0
-  assert Image.open(png).size == (128, 128)
+  assert Image.open(png).size == (64, 64)  # the default model, shapes
   folder = os.path.join(out_dir, "md-tiny", "onnx", "int8_dynamic")
   assert cli.main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "q.png"),
                    "--artifacts", folder, "--steps", "3"]) == 0

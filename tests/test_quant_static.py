@@ -39,3 +39,40 @@ def test_static_calibration_is_byte_identical(tmp_path):
   second = _export(str(tmp_path), "onnx", "int8_static", ("vae_decoder",), force=True)
   assert (first["components"]["vae_decoder"]["sha256"]
           == second["components"]["vae_decoder"]["sha256"])
+
+
+def _export_shapes(out_dir, fmt, recipe, components, force=False):
+  from edgediff import pipeline
+  from edgediff.export import exporter
+
+  opts = exporter.ExportOptions(fmt=fmt, out=out_dir, recipe=recipe, components=components,
+                                force=force)
+  return exporter.export_pipeline(pipeline.open_pipeline("shapes"), opts)
+
+
+@pytest.mark.parametrize("recipe", ["int8_static", "w8a16"])
+def test_tflite_calibrated_recipes_on_the_trained_model(tmp_path, recipe):
+  # The decoder only: ai-edge-quantizer's calibration of the UNet takes minutes on CPU.
+  manifest = _export_shapes(str(tmp_path), "tflite", recipe, ("vae_decoder",))
+  for component in ("vae_decoder",):
+    entry = manifest["components"][component]
+    info, report = entry["quantization"], entry["parity"]
+    assert info["calibration_samples"] > 0 and 1 <= info["rounds"] <= 4
+    thresholds = parity.THRESHOLDS[recipe]
+    assert entry["passed"] == (report["psnr_db"] >= thresholds.psnr_db
+                               and report["cosine"] >= thresholds.cosine)
+    assert all(f["tensor"] and "snr_db" in f for f in info["fallback"])
+    assert entry["inputs"][0]["dtype"] == "float32"  # float I/O, whatever the recipe
+  # The shapes prompts calibrate the shapes model: empty prompt + 32 captions, 8 steps each;
+  # the one recording holds every component's inputs.
+  from edgediff.quant import calibration
+
+  unet = calibration.load(os.path.join(manifest["folder"], "calibration.npz"), "unet")
+  assert len(unet) == 8 * 33
+
+
+def test_tflite_static_is_byte_identical(tmp_path):
+  first = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",))
+  second = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",), force=True)
+  assert (first["components"]["vae_decoder"]["sha256"]
+          == second["components"]["vae_decoder"]["sha256"])

@@ -9,7 +9,8 @@ import torch
 
 from edgediff import cli, pipeline, specs
 from edgediff.models.text_encoder import tokenize
-from edgediff.shapes import checker, data, train
+from edgediff import generate as gen
+from edgediff.shapes import adherence, checker, data, train
 
 
 def test_grammar_is_as_documented():
@@ -119,3 +120,35 @@ def test_train_demo_resumes_exactly(tmp_path, monkeypatch):
   assert resumed_losses == losses
   for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
     assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("name", ["shapes"])
+def test_shipped_weights_load(name):
+  pipe = pipeline.open_pipeline(name)
+  for component in specs.COMPONENTS:
+    module = pipe.build(component)  # load_state checks every name and shape
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+  size = os.path.getsize(pipeline.shipped_weights(specs.pipeline_spec(name)))
+  assert size < 8 * 2**20
+
+
+# What the shipped default model follows (edgediff/assets/shapes/MODEL_CARD.md): the shape
+# word is not learned yet (adherence at chance), so it is left out of these guards.
+FOLLOWED = ("size", "colour", "position", "background")
+
+
+def test_default_model_follows_held_out_captions(tmp_path, capsys):
+  assert pipeline.DEFAULT_PIPELINE == "shapes"
+  scene = data.split()[1][0]
+  out = tmp_path / "x.png"
+  assert cli.main(["generate", "--prompt", scene.caption, "--out", str(out)]) == 0
+  from PIL import Image
+
+  found = checker.read(np.asarray(Image.open(out).convert("RGB")))
+  assert {a: found[a] for a in FOLLOWED} == {a: getattr(scene, a) for a in FOLLOWED}, found
+  printed = capsys.readouterr().out
+  assert "adherence checker: " in printed and f"colour {scene.colour}" in printed
+  # A small sample of the model card's measurement, as a regression guard.
+  scores, _, _ = adherence.measure(gen.torch_backend(pipeline.open_pipeline()), n=24,
+                                   progress=False)
+  assert min(scores[a] for a in FOLLOWED) >= 0.9, scores

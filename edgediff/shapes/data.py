@@ -16,8 +16,9 @@ for example "a small red triangle in the top left on a gray background": 2 * 6 *
 smaller shapes do not survive the f=8 autoencoder), its centre of area sits at the named
 anchor (20 or 44 px from the left and top, or 32 for the centre) moved by up to 2 px, so
 shapes stay inside the frame (at most a triangle's tip touches it), and it is drawn at 4x
-and box-filtered down, so edges are anti-aliased. 108 of the 720 captions (15%, drawn with a fixed seed) are held out of
-training, so that adherence is measured on captions the model never saw.
+and box-filtered down, so edges are anti-aliased. 108 of the 720 captions (15%, drawn with a
+fixed seed) are held out of training, so that adherence is measured on captions the model
+never saw.
 """
 
 import dataclasses
