@@ -310,6 +310,7 @@ def cmd_train_demo(args) -> int:
       defaults, steps=args.steps or defaults.steps, batch=args.batch or defaults.batch,
       ae_steps=args.ae_steps if args.ae_steps is not None else (
           defaults.ae_steps if args.steps is None else max(args.steps // 4, 1)),
+      text_steps=defaults.text_steps if args.steps is None else max(args.steps // 4, 1),
       seed=args.seed)
   path = train.train(cfg, args.out, args.variant)
   print(f"wrote {path}")

@@ -1,5 +1,6 @@
 """The shapes world, its adherence checker, train-demo and the shipped shapes models."""
 
+import dataclasses
 import json
 import os
 
@@ -83,7 +84,9 @@ def test_train_demo_short_run_loss_decreases(tmp_path):
   assert cli.main(["train-demo", "--out", str(out), "--steps", "50"]) == 0
   diffusion = _losses(out / "swish-relu.loss.jsonl")
   autoencoder = _losses(out / "autoencoder.loss.jsonl")
-  assert len(diffusion) == 50 and len(autoencoder) == 12
+  text = _losses(out / "text_encoder.loss.jsonl")
+  assert len(diffusion) == 50 and len(autoencoder) == 12 and len(text) == 12
+  assert np.mean(text[-4:]) < np.mean(text[:4])
   assert np.mean(diffusion[-10:]) < np.mean(diffusion[:10])
   assert np.mean(autoencoder[-4:]) < np.mean(autoencoder[:4])
   # The written weights are a whole pipeline that the shapes spec loads, shapes checked.
@@ -96,8 +99,9 @@ def test_train_demo_resumes_exactly(tmp_path, monkeypatch):
                           checkpoint_every=5, warmup=2)
   encoder, _ = train.train_autoencoder(cfg, str(tmp_path), progress=False)
   latents, ids = train.encoded_dataset(cfg, encoder, str(tmp_path), progress=False)
-  _, straight, losses = train.train_diffusion(cfg, "swish-relu", latents, ids,
-                                              str(tmp_path / "a"), progress=False)
+  text_encoder = train.pretrain_text_encoder(cfg, str(tmp_path), progress=False)
+  straight, losses = train.train_diffusion(cfg, "swish-relu", text_encoder, latents, ids,
+                                           str(tmp_path / "a"), progress=False)
 
   calls = {"n": 0}
   real_loss = train.F.mse_loss
@@ -112,14 +116,32 @@ def test_train_demo_resumes_exactly(tmp_path, monkeypatch):
   os.makedirs(resumed_dir)
   monkeypatch.setattr(train.F, "mse_loss", dying_loss)
   with pytest.raises(KeyboardInterrupt):
-    train.train_diffusion(cfg, "swish-relu", latents, ids, resumed_dir, progress=False)
+    train.train_diffusion(cfg, "swish-relu", text_encoder, latents, ids, resumed_dir,
+                          progress=False)
   monkeypatch.setattr(train.F, "mse_loss", real_loss)
   assert os.path.exists(os.path.join(resumed_dir, "swish-relu.state.pt"))
-  _, resumed, resumed_losses = train.train_diffusion(cfg, "swish-relu", latents, ids,
-                                                     resumed_dir, progress=False)
+  resumed, resumed_losses = train.train_diffusion(cfg, "swish-relu", text_encoder, latents,
+                                                  ids, resumed_dir, progress=False)
   assert resumed_losses == losses
   for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
     assert torch.equal(a, b), name
+
+
+def test_shipped_text_encoder_carries_every_attribute_past_the_caption():
+  # The UNet's cross-attention weighs the padding tokens after the caption as much as the
+  # words: changing any one word must move them, the shape word as much as the others
+  # (trained jointly with the UNet, the shape word left them unmoved).
+  encoder = pipeline.open_pipeline("shapes").build("text_encoder")
+  moved = {a: [] for a in data.ATTRIBUTES}
+  with torch.no_grad():
+    for scene in data.split()[1][:12]:
+      base = encoder(tokenize([scene.caption]))[0, 20:]
+      for a in data.ATTRIBUTES:
+        other = next(v for v in data.VALUES[a] if v != getattr(scene, a))
+        changed = dataclasses.replace(scene, **{a: other})
+        moved[a].append(float((encoder(tokenize([changed.caption]))[0, 20:] - base).norm()))
+  means = {a: np.mean(v) for a, v in moved.items()}
+  assert min(means.values()) > 0.5 * max(means.values()), means
 
 
 @pytest.mark.parametrize("name", ["shapes"])

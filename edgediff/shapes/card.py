@@ -1,13 +1,15 @@
 """Ships a train-demo run's weights into edgediff/assets/shapes and measures them for its card.
 
-  python -m edgediff.shapes.card RUN_DIR [--quant] [-n 200]
+  python -m edgediff.shapes.card RUN_DIR [--quant] [-n 200] [--variant V ...]
 
 For every variant the run trained: the weights go to assets/shapes/<pipeline>.safetensors in
 fp16 (half the bytes; every figure below is measured on the shipped fp16-stored weights,
 computed in fp32), then adherence on held-out captions is measured in PyTorch, and with
 --quant also on TFLite fp16 and int8_dynamic and ONNX int8_dynamic and int8_static exports,
 with their per-component parity. Plots (loss curves, a sample sheet) and card.json are written
-beside the weights; MODEL_CARD.md quotes them.
+beside the weights; MODEL_CARD.md quotes them. With --variant, only those variants are
+shipped and measured, and the other variants' entries in an existing card.json are kept
+(variants train in parallel and finish at different times).
 """
 
 import argparse
@@ -21,6 +23,7 @@ import torch
 
 from edgediff import atomic, checkpoints, counting, pipeline, specs
 from edgediff import generate as gen
+from edgediff.errors import EdgediffError
 from edgediff.shapes import adherence, data, train
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
@@ -30,10 +33,10 @@ QUANT = (("tflite", "fp16"), ("tflite", "int8_dynamic"), ("onnx", "int8_dynamic"
          ("onnx", "int8_static"))
 
 
-def ship(run_dir: str) -> dict[str, int]:
+def ship(run_dir: str, variants) -> dict[str, int]:
   """Copies each trained variant into the assets in fp16; returns bytes per file."""
   sizes = {}
-  for name in train.VARIANTS.values():
+  for name in (train.VARIANTS[v] for v in variants):
     src = os.path.join(run_dir, f"{name}.safetensors")
     if not os.path.exists(src):
       continue
@@ -61,10 +64,12 @@ def plot_losses(run_dir: str, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-  ae = _read_losses(os.path.join(run_dir, "autoencoder.loss.jsonl"))
-  axes[0].plot(np.arange(1, len(ae) + 1), ae, lw=0.8)
-  axes[0].set(title="autoencoder (L1 + MSE)", xlabel="step", yscale="log")
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+  for ax, stage, title in ((axes[0], "autoencoder", "autoencoder (L1 + MSE)"),
+                           (axes[2], "text_encoder", "text encoder (attribute CE, sum)")):
+    losses = _read_losses(os.path.join(run_dir, f"{stage}.loss.jsonl"))
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.8)
+    ax.set(title=title, xlabel="step", yscale="log")
   for variant in train.VARIANTS:
     log = os.path.join(run_dir, f"{variant}.loss.jsonl")
     if os.path.exists(log):
@@ -124,11 +129,19 @@ def _quant_rows(name: str, n: int) -> list[dict]:
   return rows
 
 
-def measure(run_dir: str, n: int, quant: bool) -> dict:
-  card = {"n": n, "variants": {}}
-  card["bytes"] = ship(run_dir)
-  for variant, name in train.VARIANTS.items():
-    if name not in card["bytes"]:
+def measure(run_dir: str, n: int, quant: bool, variants=tuple(train.VARIANTS)) -> dict:
+  path = os.path.join(ASSETS, "card.json")
+  card = {"n": n, "variants": {}, "bytes": {}}
+  if set(variants) != set(train.VARIANTS) and os.path.exists(path):
+    with open(path) as f:
+      card = json.load(f)
+    if card["n"] != n:
+      raise EdgediffError(f"{path} was measured with -n {card['n']}, not {n}")
+  shipped = ship(run_dir, variants)
+  card["bytes"].update(shipped)
+  for variant in variants:
+    name = train.VARIANTS[variant]
+    if name not in shipped:
       continue
     entry = {"structure": _structure(name)}
     info = os.path.join(run_dir, f"{variant}.diffusion.json")
@@ -154,7 +167,7 @@ def measure(run_dir: str, n: int, quant: bool) -> dict:
   with open(os.path.join(run_dir, "shapes.train.json")) as f:
     card["train_config"] = json.load(f)
   plot_losses(run_dir, os.path.join(ASSETS, "loss.png"))
-  atomic.write_json(os.path.join(ASSETS, "card.json"), card)
+  atomic.write_json(path, card)
   return card
 
 
@@ -163,9 +176,11 @@ def main(argv=None) -> None:
   parser.add_argument("run_dir")
   parser.add_argument("-n", type=int, default=200)
   parser.add_argument("--quant", action="store_true")
+  parser.add_argument("--variant", action="append", choices=list(train.VARIANTS),
+                      help="ship and measure only this variant (repeatable)")
   args = parser.parse_args(argv)
   torch.set_num_threads(os.cpu_count() or 1)
-  card = measure(args.run_dir, args.n, args.quant)
+  card = measure(args.run_dir, args.n, args.quant, tuple(args.variant or train.VARIANTS))
   print(json.dumps(card, indent=1))
 
 

@@ -42,6 +42,8 @@ POSITIONS = {
 }
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 ATTRIBUTES = ("size", "colour", "shape", "position", "background")
+VALUES = {"size": tuple(SIZES), "colour": tuple(COLOURS), "shape": SHAPES,
+          "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS)}
 JITTER = 2  # px of random offset from the anchor
 HELD_OUT_FRACTION = 0.15
 SPLIT_SEED = 1234

@@ -1,14 +1,18 @@
 """`edgediff train-demo`: trains the shapes model (a small MobileDiffusion) on this CPU.
 
-Two stages, each resumable from the checkpoint it writes every few hundred steps:
+Three stages:
 1. autoencoder: an SD-style encoder and the shapes decoder learn to map 64x64 images to
    8x8x8 latents and back (L1 + MSE, shape pixels and edges weighted up, with noise added to
    the latents so the decoder is robust to a sampler's imperfect latents); the latent scale
    is then folded into the weights so that latents have unit standard deviation.
-2. diffusion: the text encoder and UNet of one variant learn together to denoise encoded
-   training images with the pipeline's prediction type and schedule (v-prediction, zero
-   terminal SNR: see edgediff/schedule.py for why; 10% of captions dropped to "" so that
-   classifier-free guidance works); weights averaged (EMA) for sampling.
+2. text encoder: pretrained on the training captions so that every attribute can be read
+   from its output (standing in for CLIP's pretraining; see `pretrain_text_encoder`), then
+   frozen, as SD and MobileDiffusion freeze theirs.
+3. diffusion: the UNet of one variant learns to denoise encoded training images with the
+   pipeline's prediction type and schedule (v-prediction, zero terminal SNR: see
+   edgediff/schedule.py for why; 10% of captions dropped to "" so that classifier-free
+   guidance works); weights averaged (EMA) for sampling. Resumable from the checkpoint it
+   writes every few hundred steps, as is the autoencoder's stage.
 The encoded training set is cached (latents.safetensors), so that every variant trains on
 the same data, seed and step budget. Every step's randomness comes from (seed, step), so a
 resumed run continues exactly where it stopped.
@@ -40,7 +44,7 @@ VARIANTS = {  # variant -> the pipeline spec it trains
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  steps: int = 3600  # diffusion steps (text encoder + UNet)
+  steps: int = 3600  # diffusion steps (UNet; the text encoder is frozen)
   batch: int = 64
   lr: float = 2e-3
   warmup: int = 100
@@ -51,6 +55,9 @@ class TrainConfig:
   ae_lr: float = 2e-3
   ae_shape_weight: float = 20.0  # loss weight of shape pixels over background pixels
   ae_latent_noise: float = 0.1  # std of the noise added to latents while training the decoder
+  text_steps: int = 400  # text encoder pretraining (caption attributes)
+  text_batch: int = 128
+  text_lr: float = 1e-3
   dataset: int = 40_000  # encoded training images (fewer for short runs; see dataset_size)
   checkpoint_every: int = 200
   seed: int = 0
@@ -205,24 +212,66 @@ def encoded_dataset(cfg: TrainConfig, encoder: nn.Module, out: str, progress: bo
   return tensors["latents"], tensors["input_ids"]
 
 
-def train_diffusion(cfg: TrainConfig, variant: str, latents: torch.Tensor,
-                    input_ids: torch.Tensor, out: str, progress: bool = True
-                    ) -> tuple[nn.Module, nn.Module, list[float]]:
-  """(text encoder, UNet) of `variant`, EMA weights, and the loss of every step."""
+def pretrain_text_encoder(cfg: TrainConfig, out: str, progress: bool = True) -> nn.Module:
+  """The text encoder, trained to make every attribute of a caption readable; frozen after.
+
+  SD and MobileDiffusion condition on a frozen, pretrained CLIP text encoder. No such encoder
+  exists for the shapes world, and one trained jointly with the UNet from scratch never
+  separated the shape words (shape adherence stayed at chance: the UNet gets little from a
+  word that changes a few latent cells, so little gradient reaches the word). This stage
+  stands in for CLIP's pretraining: linear heads read each attribute (size, colour, shape,
+  position, background) from the mean of the encoder's output over all 77 tokens, which is
+  what an attention that weighs tokens evenly sees. Reads or writes out/text_encoder.*.
+  """
+  final = os.path.join(out, "text_encoder.safetensors")
+  torch.manual_seed(cfg.seed)
+  text_encoder = specs.pipeline_spec("shapes").component("text_encoder").build()
+  if os.path.exists(final):
+    checkpoints.load_state(text_encoder, checkpoints.read_tensors(final), final, "text_encoder")
+    return text_encoder.eval().requires_grad_(False)
+  # CLIP's token embeddings start at std 0.02, far below what the layers add to the residual
+  # stream: trained from scratch, the words after the first few then barely change the
+  # output. At unit scale every word stays visible in its own position's output.
+  nn.init.normal_(text_encoder.text_model.embeddings.token_embedding.weight, std=1.0)
+  scenes = data.split()[0]
+  input_ids = tokenize([s.caption for s in scenes])
+  labels = torch.tensor([[data.VALUES[a].index(getattr(s, a)) for a in data.ATTRIBUTES]
+                         for s in scenes])
+  width = text_encoder.text_model.config.hidden_size
+  heads = nn.ModuleList(nn.Linear(width, len(data.VALUES[a])) for a in data.ATTRIBUTES)
+  params = list(text_encoder.parameters()) + list(heads.parameters())
+  optimizer = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.0)
+  text_encoder.train()
+  losses = []
+  for step in tqdm(range(cfg.text_steps), desc="text encoder", disable=not progress):
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    idx = torch.randint(0, len(scenes), (cfg.text_batch,), generator=g)
+    pooled = text_encoder(input_ids[idx]).mean(dim=1)
+    loss = sum(F.cross_entropy(head(pooled), labels[idx, i]) for i, head in enumerate(heads))
+    for group in optimizer.param_groups:
+      group["lr"] = _lr(step, cfg.text_steps, cfg.text_lr, cfg.warmup)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    losses.append(loss.item())
+  text_encoder.eval().requires_grad_(False)
+  checkpoints.write_tensors(text_encoder.state_dict(), final)
+  _write_log(os.path.join(out, "text_encoder.loss.jsonl"), losses)
+  return text_encoder
+
+
+def train_diffusion(cfg: TrainConfig, variant: str, text_encoder: nn.Module,
+                    latents: torch.Tensor, input_ids: torch.Tensor, out: str,
+                    progress: bool = True) -> tuple[nn.Module, list[float]]:
+  """The UNet of `variant` (EMA weights) conditioned on the frozen text encoder, and the
+  loss of every step."""
   pipeline = specs.pipeline_spec(VARIANTS[variant])
   torch.manual_seed(cfg.seed)
-  text_encoder = pipeline.component("text_encoder").build().train()
-  # CLIP's token embeddings start at std 0.02, far below what the layers add to the residual
-  # stream: trained from scratch on a few hundred captions, the words after the first few
-  # then barely change the output (the background and position were lost). At unit scale
-  # every word stays visible in its own position's output.
-  nn.init.normal_(text_encoder.text_model.embeddings.token_embedding.weight, std=1.0)
   unet = pipeline.component("unet").build().train()
-  model = nn.ModuleDict({"text_encoder": text_encoder, "unet": unet})
-  ema = copy.deepcopy(model).eval().requires_grad_(False)
-  optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+  ema = copy.deepcopy(unet).eval().requires_grad_(False)
+  optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
   state_path = os.path.join(out, f"{variant}.state.pt")
-  modules = {"model": model, "ema": ema}
+  modules = {"unet": unet, "ema": ema}
   losses, start, seconds = _resume(state_path, modules, optimizer)
   began = time.monotonic()
   abar = pipeline.schedule.alphas_cumprod()
@@ -239,7 +288,9 @@ def train_diffusion(cfg: TrainConfig, variant: str, latents: torch.Tensor,
     noise = torch.randn(x0.shape, generator=g)
     a = abar[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    pred = unet(x_t, t.float(), text_encoder(ids))
+    with torch.no_grad():
+      context = text_encoder(ids)
+    pred = unet(x_t, t.float(), context)
     # The target the pipeline's sampler expects (v: the shapes specs start from pure noise).
     target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_prediction else noise
     loss = F.mse_loss(pred, target)
@@ -247,11 +298,11 @@ def train_diffusion(cfg: TrainConfig, variant: str, latents: torch.Tensor,
       group["lr"] = _lr(step, cfg.steps, cfg.lr, cfg.warmup)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
     optimizer.step()
     decay = min(cfg.ema, (1 + step) / (10 + step))  # short runs still average sensibly
     with torch.no_grad():
-      for e, p in zip(ema.parameters(), model.parameters()):
+      for e, p in zip(ema.parameters(), unet.parameters()):
         e.lerp_(p, 1 - decay)
     losses.append(loss.item())
     bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -263,7 +314,7 @@ def train_diffusion(cfg: TrainConfig, variant: str, latents: torch.Tensor,
                     {"seconds": round(seconds + time.monotonic() - began, 1)})
   if os.path.exists(state_path):
     os.remove(state_path)
-  return ema["text_encoder"], ema["unet"], losses
+  return ema, losses
 
 
 def train(cfg: TrainConfig, out: str, variant: str = "swish-relu",
@@ -275,7 +326,8 @@ def train(cfg: TrainConfig, out: str, variant: str = "swish-relu",
   torch.manual_seed(cfg.seed)
   encoder, decoder = train_autoencoder(cfg, out, progress)
   latents, input_ids = encoded_dataset(cfg, encoder, out, progress)
-  text_encoder, unet, _ = train_diffusion(cfg, variant, latents, input_ids, out, progress)
+  text_encoder = pretrain_text_encoder(cfg, out, progress)
+  unet, _ = train_diffusion(cfg, variant, text_encoder, latents, input_ids, out, progress)
   tensors = {f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()}
   tensors.update({f"unet.{k}": v for k, v in unet.state_dict().items()})
   tensors.update({f"vae_decoder.{k}": v for k, v in decoder.state_dict().items()})
