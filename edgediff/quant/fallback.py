@@ -5,6 +5,7 @@ output's signal-to-noise ratio against float (lowest first), keep the worst quar
 and quantize again, until the component passes or the budget of rounds runs out.
 """
 
+import math
 from typing import Callable
 
 from edgediff.export import parity
@@ -30,5 +31,6 @@ def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
     if not ranked:
       break
     take = max(1, int(len(ranked) * PER_ROUND))
-    excluded += [{key: n, "snr_db": round(v, 2)} for v, n in ranked[:take]]
+    excluded += [{key: n, "snr_db": round(v, 2) if math.isfinite(v) else None}
+                 for v, n in ranked[:take]]
   return {"fallback": excluded, "rounds": round_}

@@ -81,8 +81,17 @@ def _node_sqnr(fp32_path, qdq_path, feeds) -> dict[str, float]:
   for tensor, err in errors.items():
     node = producers.get(tensor)
     value = err.get("qdq_err")
-    if node and value is not None and np.isfinite(value):
-      out[node] = min(out.get(node, np.inf), float(value))
+    if not node or value is None:
+      continue
+    if not np.isfinite(value):
+      # onnxruntime computes the SQNR in float32: it is infinite when quantization left the
+      # tensor exactly as it was, or when the tensor's norm overflows, as when a causal mask
+      # (float32's minimum) is added to attention scores. No int8 range holds both the mask
+      # and the scores, and softmax then sees garbage: such a node ranks first.
+      pair = matching[tensor]
+      exact = np.array_equal(pair["pre_qdq"][0], pair["post_qdq"][0])
+      value = np.inf if exact else -np.inf
+    out[node] = min(out.get(node, np.inf), float(value))
   return out
 
 

@@ -65,8 +65,12 @@ def _tensor_snr(qt, feeds) -> dict[str, float]:
   out = {}
   for name, metrics in tensors.items():
     value = metrics.get("snr")
-    if value is not None and np.isfinite(value) and value > 0:
-      out[name] = 10 * float(np.log10(value))
+    if value is None or value == np.inf:  # no error at all
+      continue
+    # NaN: both powers overflowed float32, as when a causal mask (float32's minimum) is
+    # added to attention scores; no int8 range holds both, and softmax then sees garbage.
+    # Such a tensor, like one whose signal is lost entirely (0), ranks first.
+    out[name] = 10 * float(np.log10(value)) if np.isfinite(value) and value > 0 else -np.inf
   return out
 
 
