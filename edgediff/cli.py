@@ -120,10 +120,8 @@ def cmd_parity_e2e(args) -> int:
                         "folder"])
   for s in summaries:
     if not s["passed"]:
-      print(f"edgediff: end-to-end parity failed in {s['folder']}: mean image PSNR "
-            f"{s['mean_psnr_db']:.2f} dB < {s['threshold_db']} (short by "
-            f"{s['shortfall_db']:.2f} dB); latent drift grows most at step "
-            f"{s['drift_grows_most_at_step']}", file=sys.stderr)
+      print(f"edgediff: end-to-end parity failed in {s['folder']}: {e2e.explain(s)}",
+            file=sys.stderr)
   return 0 if all(s["passed"] for s in summaries) else 1
 
 

@@ -107,3 +107,26 @@ def test_parity_e2e_cli_and_report(out_dir, tmp_path, capsys):
   page = report.read_text()
   assert "data:image/png;base64," in page and "fp16" in page
   assert Image.open(tmp_path / "r" / "report.png").size[0] > 500
+
+
+def test_e2e_below_threshold_names_the_dominant_component(out_dir, tmp_path, monkeypatch,
+                                                           capsys):
+  # An unreachable threshold for fp16, so that the attribution runs on a real export.
+  monkeypatch.setitem(e2e.E2E_PSNR_DB, "fp16", 500.0)
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a red circle\na blue square\n")
+  report = tmp_path / "report.html"
+  assert cli.main(["parity", os.path.join(out_dir, "md-tiny", "tflite", "fp16"), "--e2e",
+                   "--prompts", str(prompts), "--steps", "2", "--report", str(report),
+                   "--json"]) == 1
+  captured = capsys.readouterr()
+  (s,) = json.loads(captured.out)
+  swaps = s["component_psnr_db"]
+  assert set(swaps) == {"text_encoder", "unet", "vae_decoder"}
+  assert s["dominant_component"] == min(swaps, key=swaps.get)
+  # Each swap moves the image, and less than all three exported components together do
+  # (fp16 error is tiny, so allow a little noise).
+  assert all(v < 200 for v in swaps.values())
+  assert min(swaps.values()) >= s["mean_psnr_db"] - 1.0
+  assert "dominates" in captured.err and "short by" in captured.err
+  assert "Below threshold" in report.read_text()
