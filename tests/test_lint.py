@@ -60,3 +60,11 @@ def test_lint_measures_every_layer_and_flags_the_hazards():
   row = lint.variant_row("x", {"by_kind": by_kind, "whole_sqnr_db": whole})
   assert row["ff_activation"] == "gelu_tanh" and row["attention"] == "softmax"
   assert set(row) == set(lint.VARIANT_COLUMNS)
+
+
+def test_mean_sqnr_averages_noise_not_decibels():
+  # Two layers at 20 and 40 dB: noise ratios 1e-2 and 1e-4, mean 5.05e-3, about 23 dB; a
+  # layer with no error adds no noise instead of making the mean infinite.
+  assert abs(lint.mean_sqnr_db([20.0, 40.0]) - 22.97) < 0.01
+  assert abs(lint.mean_sqnr_db([20.0, float("inf")]) - 23.01) < 0.01
+  assert lint.mean_sqnr_db([float("inf")]) == float("inf")

@@ -22,6 +22,31 @@ from edgediff.quant import aeq_workaround, fallback
 _SIGNATURE = "serving_default"  # litert-torch's one signature
 
 
+def _graph(fp32_path: str):
+  """(tensor names by index, ops with their input and output indices) of a .tflite."""
+  from ai_edge_litert import interpreter as litert
+
+  interp = litert.Interpreter(model_path=fp32_path)
+  names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
+  return names, interp._get_ops_details()  # the only API that lists an op's tensors
+
+
+def _ops_touching(fp32_path: str, tensors: list[str]) -> list[str]:
+  """Output names of the ops that produce or consume `tensors`.
+
+  ai-edge-quantizer quantizes a tensor wherever an op that reads it is quantized: keeping
+  a tensor in float takes its producer and all its consumers out of quantization.
+  """
+  if not tensors:
+    return []
+  names, ops = _graph(fp32_path)
+  wanted, out = set(tensors), list(tensors)
+  for op in ops:
+    if wanted & {names.get(i) for i in op["inputs"]}:
+      out += [names[i] for i in op["outputs"] if names.get(i) and names[i] not in out]
+  return out
+
+
 def _quantizer(fp32_path: str, recipe: str, excluded: list[str]):
   from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
   from ai_edge_quantizer import recipe as aeq_recipe
@@ -34,7 +59,7 @@ def _quantizer(fp32_path: str, recipe: str, excluded: list[str]):
   for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
     qt.update_quantization_recipe(regex=".*", operation_name=io_op,
                                   algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
-  for tensor in excluded:  # a later, narrower scope overrides '.*'
+  for tensor in _ops_touching(fp32_path, excluded):  # a later, narrower scope overrides '.*'
     # An op's scope is its output tensor names, each followed by ';'.
     qt.update_quantization_recipe(
         regex=f"(^|;){re.escape(tensor)};", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
@@ -74,6 +99,29 @@ def _tensor_snr(qt, feeds) -> dict[str, float]:
   return out
 
 
+def _local_snr(fp32_path: str, snr: dict[str, float]) -> dict[str, float]:
+  """The SNR (dB) of the error each op adds, from the SNR of its output and inputs.
+
+  validate compares each tensor of the quantized model with the float model's, so its error
+  accumulates down the graph and the last ops would always rank worst. Assuming errors add
+  as independent noise, an op's own noise-to-signal ratio is its output's minus its noisiest
+  input's (inputs with no entry, such as the graph's inputs and constants, carry none).
+  """
+  names, ops = _graph(fp32_path)
+  nsr = {n: 10 ** (-v / 10) for n, v in snr.items()}  # -inf dB: infinite
+  out = {}
+  for op in ops:
+    for index in op["outputs"]:
+      name = names.get(index)
+      if name not in nsr:
+        continue
+      inherited = max((nsr.get(names.get(i), 0.0) for i in op["inputs"]), default=0.0)
+      own = nsr[name] - inherited if np.isfinite(nsr[name]) else np.inf
+      if own > 0:
+        out[name] = -10 * float(np.log10(own))
+  return out
+
+
 def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, samples, references,
                            output: str, thresholds) -> dict:
   """Writes `path`; returns {"fallback": [{tensor, snr_db}], "rounds": n}."""
@@ -84,5 +132,5 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
     return runtimes.tflite_runner(path)
 
   return fallback.quantize_with_fallback(
-      quantize, lambda: _tensor_snr(last["qt"], samples[:1]), samples, references, output,
-      thresholds, key="tensor")
+      quantize, lambda: _local_snr(fp32_path, _tensor_snr(last["qt"], samples[:1])), samples,
+      references, output, thresholds, key="tensor")
