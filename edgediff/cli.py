@@ -118,6 +118,10 @@ def cmd_parity_e2e(args) -> int:
              "folder": s["folder"]} for s in summaries]
     _print_table(rows, ["format", "recipe", "image_psnr_db", "ssim", "threshold_db", "parity",
                         "folder"])
+    agree = e2e.runtimes_agree(results)
+    if agree:
+      print("\nruntimes against each other (mean image PSNR, dB):")
+      _print_table(agree, list(agree[0]))
   for s in summaries:
     if not s["passed"]:
       print(f"edgediff: end-to-end parity failed in {s['folder']}: {e2e.explain(s)}",

@@ -130,3 +130,12 @@ def test_e2e_below_threshold_names_the_dominant_component(out_dir, tmp_path, mon
   assert min(swaps.values()) >= s["mean_psnr_db"] - 1.0
   assert "dominates" in captured.err and "short by" in captured.err
   assert "Below threshold" in report.read_text()
+
+
+def test_runtimes_agree_table(out_dir):
+  results = [e2e.run(os.path.join(out_dir, "md-tiny", fmt, "fp32"), ["a green star"], seeds=1,
+                     steps=2) for fmt in ("onnx", "tflite")]
+  (row,) = e2e.runtimes_agree(results)
+  assert set(row) == {"recipe", "onnx_vs_torch_db", "tflite_vs_torch_db", "onnx_vs_tflite_db"}
+  assert row["recipe"] == "fp32" and row["onnx_vs_tflite_db"] > 60
+  assert e2e.runtimes_agree(results[:1]) == []

@@ -111,6 +111,26 @@ def explain(s: dict) -> str:
   return text
 
 
+def runtimes_agree(results: list[dict]) -> list[dict]:
+  """Per recipe exported in more than one format: mean image PSNR of each runtime against
+  PyTorch fp32 and of the runtimes against each other, on the same prompts and seeds."""
+  rows = []
+  for recipe in dict.fromkeys(r["recipe"] for r in results):
+    mine = {r["format"]: r for r in results if r["recipe"] == recipe}
+    if len(mine) < 2:
+      continue
+    row = {"recipe": recipe}
+    for fmt, r in mine.items():
+      row[f"{fmt}_vs_torch_db"] = round(r["mean_psnr_db"], 2)
+    (fa, a), (fb, b) = list(mine.items())[:2]
+    images = {(c.prompt, c.seed): c.image for c in b["cases"]}
+    row[f"{fa}_vs_{fb}_db"] = round(float(np.mean([
+        gen.image_psnr_db(c.image, images[(c.prompt, c.seed)]) for c in a["cases"]
+        if (c.prompt, c.seed) in images])), 2)
+    rows.append(row)
+  return rows
+
+
 def write_report(results: list[dict], png_path: str, html_path: str | None = None) -> None:
   """A PNG sheet and, optionally, a self-contained HTML page with the table around it.
 
@@ -163,6 +183,13 @@ def write_report(results: list[dict], png_path: str, html_path: str | None = Non
         f"<td>{r['mean_psnr_db']:.2f}</td><td>{r['mean_ssim']:.4f}</td>"
         f"<td>{r['threshold_db']}</td><td>{'pass' if r['passed'] else 'FAIL'}</td></tr>"
         for r in results)
+    agree = runtimes_agree(results)
+    if agree:
+      heads = list(agree[0])
+      table += ("</table><h2>Runtimes against each other</h2><table border=1 cellpadding=4><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{row.get(h, '')}</td>" for h in heads)
+                          + "</tr>" for row in agree))
     notes = "".join(f"<li>{html.escape(s['folder'])}: {html.escape(explain(s))}</li>"
                     for s in map(summary, results) if not s["passed"])
     page = (

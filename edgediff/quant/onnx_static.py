@@ -83,16 +83,29 @@ def _node_sqnr(fp32_path, qdq_path, feeds) -> dict[str, float]:
     value = err.get("qdq_err")
     if not node or value is None:
       continue
+    pair = matching[tensor]
+    if np.array_equal(pair["pre_qdq"][0], pair["post_qdq"][0]):
+      # Quantization left it exactly as it was (onnxruntime reports an all-zero tensor,
+      # such as a relu attention whose scores are all negative, as 0 dB).
+      continue
     if not np.isfinite(value):
-      # onnxruntime computes the SQNR in float32: it is infinite when quantization left the
-      # tensor exactly as it was, or when the tensor's norm overflows, as when a causal mask
-      # (float32's minimum) is added to attention scores. No int8 range holds both the mask
-      # and the scores, and softmax then sees garbage: such a node ranks first.
-      pair = matching[tensor]
-      exact = np.array_equal(pair["pre_qdq"][0], pair["post_qdq"][0])
-      value = np.inf if exact else -np.inf
+      # onnxruntime computes the SQNR in float32: infinite here means the tensor's norm
+      # overflowed, as when a causal mask (float32's minimum) is added to attention scores.
+      # No int8 range holds both the mask and the scores, and softmax then sees garbage:
+      # such a node ranks first.
+      value = -np.inf
     out[node] = min(out.get(node, np.inf), float(value))
   return out
+
+
+def _with_consumers(graph, nodes: list[str]) -> list[str]:
+  """`nodes` and every node that reads their outputs: onnxruntime quantizes a tensor on the
+  input of any quantized node that reads it, so keeping a node's output in float takes its
+  consumers out of quantization too."""
+  wanted = set(nodes)
+  outputs = {o for n in graph.node if n.name in wanted for o in n.output}
+  return list(nodes) + [n.name for n in graph.node
+                        if n.name not in wanted and outputs & set(n.input)]
 
 
 def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references, output,
@@ -102,8 +115,10 @@ def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references
     unique = os.path.join(tmp, "unique.onnx")
     _unique_initializers(fp32_path, unique)
 
+    graph = onnx.load(unique, load_external_data=False).graph
+
     def quantize(excluded):
-      _quantize(unique, path, calib, excluded)
+      _quantize(unique, path, calib, _with_consumers(graph, excluded))
       return runtimes.onnx_runner(path)
 
     return fallback.quantize_with_fallback(
