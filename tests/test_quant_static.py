@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 
 from edgediff.export import parity
@@ -88,3 +89,17 @@ def test_onnx_static_keeps_the_causal_mask_in_float(tmp_path):
   assert entry["passed"], entry["parity"]["failures"]
   first = entry["quantization"]["fallback"][:2]
   assert all(f["snr_db"] is None for f in first), first
+
+
+def test_tflite_calibration_subset_is_seeded_and_spans_the_trajectory():
+  from edgediff.quant import tflite_static
+
+  recorded = [{"timestep": np.array([t], np.float32), "prompt": np.array([p])}
+              for p in range(33) for t in range(8)]
+  first = tflite_static.calibration_subset(recorded)
+  assert len(first) == tflite_static.MAX_CALIBRATION_SAMPLES
+  assert [id(f) for f in first] == [id(f) for f in tflite_static.calibration_subset(recorded)]
+  assert {float(f["timestep"][0]) for f in first} == set(range(8))
+  assert len({int(f["prompt"][0]) for f in first}) > 20
+  small = recorded[:10]
+  assert tflite_static.calibration_subset(small) == small

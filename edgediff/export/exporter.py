@@ -121,6 +121,7 @@ def _convert(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]], 
   if opts.recipe in recipes.CALIBRATED:  # litert-torch fp32, then ai-edge-quantizer
     fp32_path = path[: -len(".tflite")] + ".fp32.tflite"
     tflite_lib.export_tflite(module, feeds, (output_name,), fp32_path)
+    calib = tflite_static.calibration_subset(calib)
     info = tflite_static.quantize_with_fallback(
         fp32_path, path, opts.recipe, [to_layout(f, opts.nhwc) for f in calib], samples,
         references, output_name, parity.THRESHOLDS[opts.recipe])
