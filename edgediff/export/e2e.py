@@ -77,7 +77,8 @@ def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
     dominant = min(by_component, key=by_component.get)
     quantization = manifest["components"][dominant].get("quantization") or {}
     result["dominant_component"] = dominant
-    # The layers that component's own sensitivity ranking found worst (calibrated recipes).
+    # The layers that component's own sensitivity ranking found worst and kept in float
+    # (calibrated recipes): where the error came from before fallback.
     result["dominant_layers"] = quantization.get("fallback", [])[:5]
   return result
 
@@ -107,7 +108,7 @@ def explain(s: dict) -> str:
     layers = [next(v for k, v in f.items() if k != "snr_db").rsplit("/", 1)[-1]
               for f in s["dominant_layers"]]
     if layers:
-      text += f" (its lowest-SNR layers: {', '.join(layers)})"
+      text += f" (its fallback kept in float first: {', '.join(layers)})"
   return text
 
 
