@@ -96,7 +96,7 @@ def test_train_demo_short_run_loss_decreases(tmp_path):
 
 def test_train_demo_resumes_exactly(tmp_path, monkeypatch):
   cfg = train.TrainConfig(steps=12, batch=8, ae_steps=2, ae_batch=4, dataset=256,
-                          checkpoint_every=5, warmup=2)
+                          checkpoint_every=5, warmup=2, text_steps=2, text_batch=16)
   encoder, _ = train.train_autoencoder(cfg, str(tmp_path), progress=False)
   latents, ids = train.encoded_dataset(cfg, encoder, str(tmp_path), progress=False)
   text_encoder = train.pretrain_text_encoder(cfg, str(tmp_path), progress=False)
