@@ -103,3 +103,40 @@ def test_tflite_calibration_subset_is_seeded_and_spans_the_trajectory():
   assert len({int(f["prompt"][0]) for f in first}) > 20
   small = recorded[:10]
   assert tflite_static.calibration_subset(small) == small
+
+
+def test_tflite_calibration_keeps_each_tensors_extremes(tmp_path):
+  # ai-edge-quantizer's own calibrate keeps 95% of the past range at every sample: after a
+  # small sample and a large one it reports a range near the small one's, and the large
+  # one's activations (a UNet's at another timestep) are clipped.
+  import torch
+
+  from edgediff.export import tflite as tflite_lib
+  from edgediff.quant import tflite_static
+
+  path = str(tmp_path / "relu.tflite")
+  tflite_lib.export_tflite(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()),
+                           {"x": torch.zeros(1, 4)}, ("y",), path)
+  small = {"x": np.full((1, 4), 0.5, np.float32)}
+  large = {"x": np.array([[-8.0, 2.0, 3.0, 40.0]], np.float32)}
+  qt = tflite_static._quantizer(path, "int8_static", [])
+  merged = tflite_static._calibrate(qt, [small, large])
+  x = next(v for k, v in merged.items() if k.endswith("x"))
+  assert float(np.min(x["min"])) == -8.0 and float(np.max(x["max"])) == 40.0
+
+
+def test_gate_samples_are_held_out_of_calibration_and_span_the_trajectory():
+  from edgediff.quant import calibration
+
+  recorded = [{"timestep": np.array([t], np.float32), "prompt": np.array([p])}
+              for p in range(9) for t in (999, 874, 749, 624, 499, 374, 249, 124)]
+  gate, rest = calibration.held_out(recorded, 4)
+  assert [float(f["timestep"][0]) for f in gate] == [124, 374, 749, 999]
+  assert len(rest) == len(recorded) - 4 and not {id(f) for f in gate} & {id(f) for f in rest}
+  again, _ = calibration.held_out(recorded, 4)
+  assert [id(f) for f in again] == [id(f) for f in gate]
+  tokens = [{"input_ids": np.array([[i]])} for i in range(10)]
+  gate, rest = calibration.held_out(tokens, 4)
+  assert len(gate) == 4 and len(rest) == 6
+  with pytest.raises(ValueError, match="too few"):
+    calibration.held_out(tokens[:4], 4)

@@ -160,9 +160,14 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   if opts.fmt == "tflite":  # before any long work: refuse what cannot fit a flatbuffer
     tflite_lib.check_size(component, onnx_lib.param_bytes(module), opts.recipe)
   output_name = module.output_names[0]
-  samples = inputs_lib.representative_inputs(
-      pipe, component, module, opts.batch, latent_size, n=PARITY_SAMPLES,
-      text_encoder=text_encoder)
+  if calib:  # a calibrated recipe: gate on recorded inputs that calibration does not see
+    samples, calib = calibration.held_out(calib, PARITY_SAMPLES)
+    parity_inputs = "held out of the calibration recording"
+  else:
+    samples = inputs_lib.representative_inputs(
+        pipe, component, module, opts.batch, latent_size, n=PARITY_SAMPLES,
+        text_encoder=text_encoder)
+    parity_inputs = "representative"
   references = torch_outputs(module, samples)
   # What the artifact takes and gives: the same tensors, channel-last with --nhwc.
   samples = [to_layout(f, opts.nhwc) for f in samples]
@@ -208,6 +213,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       "inputs": _io_json(samples[0]),
       "outputs": _io_json({output_name: references[0]}),
       "golden": golden, "ort": ort_file, "parity": report.to_json(), "passed": report.passed,
+      "parity_inputs": parity_inputs,
       "export_seconds": round(convert_s, 2), "quantization": quant_info,
   }
 
