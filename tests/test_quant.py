@@ -77,5 +77,11 @@ def test_int8_picks_a_passing_recipe_and_says_why(tmp_path, capsys):
   assert chosen["passed"]
   assert all(chosen["total_latency_ms"] <= c["total_latency_ms"]
              for c in selection["candidates"].values() if c["passed"])
+  for recipe, candidate in selection["candidates"].items():
+    # Each candidate's own manifest is kept, and the selection sums up its gate.
+    assert json.load(open(candidate["manifest"]))["recipe"] == recipe
+    row = candidate["components"]["vae_decoder"]
+    assert row["passed"] == candidate["passed"] and "psnr_db" in row
+    assert ("calibration_samples" in row) == (recipe in recipes.CALIBRATED)
   on_disk = json.load(open(os.path.join(manifest["folder"], "manifest.json")))
   assert on_disk["int8_selection"]["chosen"] == selection["chosen"]

@@ -282,6 +282,20 @@ def _latency_ms(manifest: dict) -> dict[str, float]:
   return out
 
 
+def _candidate_components(manifest: dict) -> dict:
+  """Per component: the gate's verdict and numbers, and what calibration and fallback did."""
+  out = {}
+  for component, entry in manifest["components"].items():
+    row = {"passed": entry["passed"], "psnr_db": round(entry["parity"]["psnr_db"], 2),
+           "cosine": round(entry["parity"]["cosine"], 6)}
+    quant = entry.get("quantization")
+    if quant:
+      row.update(calibration_samples=quant["calibration_samples"], rounds=quant["rounds"],
+                 kept_in_float=len(quant["fallback"]))
+    out[component] = row
+  return out
+
+
 def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
   """Exports every int8 recipe the runtime has and keeps the fastest one that passes.
 
@@ -295,7 +309,9 @@ def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
     manifest = export_pipeline(pipe, dataclasses.replace(opts, recipe=recipe))
     latency = _latency_ms(manifest)
     candidates[recipe] = {"passed": manifest["passed"], "latency_ms": latency,
-                          "total_latency_ms": round(sum(latency.values()), 3)}
+                          "total_latency_ms": round(sum(latency.values()), 3),
+                          "manifest": os.path.join(manifest["folder"], MANIFEST),
+                          "components": _candidate_components(manifest)}
     manifests[recipe] = manifest
   passing = [r for r, c in candidates.items() if c["passed"]]
   if not passing:
