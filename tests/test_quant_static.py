@@ -89,11 +89,25 @@ def test_onnx_static_keeps_the_causal_mask_in_float(tmp_path):
   # attention scores: that Add's output has no usable int8 range and its SQNR is not
   # finite. Fallback must rank it first; dropped from the ranking, the trained text encoder
   # ended at 12.6 dB after every round.
-  manifest = _export_shapes(str(tmp_path), "onnx", "int8_static", ("text_encoder",))
+  manifest = _export_shapes(str(tmp_path), "onnx", "int8_static",
+                            ("text_encoder", "vae_decoder"))
   entry = manifest["components"]["text_encoder"]
   assert entry["passed"], entry["parity"]["failures"]
   first = entry["quantization"]["fallback"][:2]
   assert all(f["snr_db"] is None for f in first), first
+  # uint8 weights: with int8 ones, onnxruntime's kernels on x86 CPUs without VNNI saturate
+  # (the trained decoder then gave 16 dB, with every node quantized).
+  import onnx
+  from onnx import numpy_helper
+
+  decoder = manifest["components"]["vae_decoder"]
+  assert decoder["passed"], decoder["parity"]["failures"]
+  model = onnx.load(os.path.join(manifest["folder"], decoder["file"]))
+  quantized = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+  weights = [quantized[n.input[0]] for n in model.graph.node
+             if n.op_type == "DequantizeLinear" and n.input[0] in quantized
+             and quantized[n.input[0]].ndim == 4]
+  assert weights and all(w.dtype == np.uint8 for w in weights)
 
 
 def test_tflite_calibration_subset_is_seeded_and_spans_the_trajectory():
