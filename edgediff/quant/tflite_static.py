@@ -92,8 +92,8 @@ def _calibrate(qt, calib) -> dict:
   the past at every sample, so its ranges stay near the first sample's and clip the others.
   A diffusion UNet's activations change range with the timestep: on the shapes UNet that
   clipping held w8a16 (int16 activations) to 20 dB, against 28 dB with the true extremes on
-  the same inputs. Calibrating one sample at a time and merging with the
-  quantizer's own min_max_update keeps the extremes, as onnxruntime's MinMax calibrator does.
+  the same inputs. Calibrating one sample at a time and merging with the quantizer's own
+  min_max_update keeps the extremes, as onnxruntime's MinMax calibrator does.
   """
   from ai_edge_quantizer.utils import qsv_utils
   from tqdm import tqdm
@@ -102,7 +102,7 @@ def _calibrate(qt, calib) -> dict:
   for feeds in tqdm(calib, desc="calibrating", file=sys.stderr):
     with contextlib.redirect_stderr(io.StringIO()):  # its own bar, once per sample
       result = qt.calibrate({_SIGNATURE: [feeds]}, num_threads=1)
-    for name, qsv in result.items():
+    for name, qsv in result.items():  # an empty entry: a tensor it keeps no range for
       merged[name] = qsv_utils.min_max_update(merged.get(name), qsv) if qsv else merged.get(
           name, qsv)
   return merged
@@ -110,8 +110,9 @@ def _calibrate(qt, calib) -> dict:
 
 def _quantize(fp32_path: str, path: str, recipe: str, calib, excluded: list[str],
               calibrated: dict):
-  """Quantizes with `excluded` kept in float. The calibration statistics, which do not
-  depend on what is excluded, are computed once and kept in `calibrated`."""
+  """Quantizes with `excluded` kept in float. Calibration runs once, on the first call
+  (nothing excluded yet, so every tensor gets its range: the quantizer records ranges only
+  for the ops it will quantize), and its result is kept in `calibrated`."""
   qt = _quantizer(fp32_path, recipe, excluded)
   with contextlib.redirect_stdout(sys.stderr):  # its progress report goes to stdout
     if "result" not in calibrated:
