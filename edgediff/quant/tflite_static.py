@@ -122,10 +122,11 @@ def _quantize(fp32_path: str, path: str, recipe: str, calib, excluded: list[str]
   return qt
 
 
-def _tensor_snr(qt, fp32_path: str, feeds) -> dict[str, float]:
+def _tensor_snr(qt, feeds, peaks: dict[str, float]) -> dict[str, float]:
   """SNR (dB) of each intermediate tensor of the quantized model against float.
 
   ai-edge-quantizer's SNR is the power ratio mean(float^2) / mean((quantized - float)^2).
+  `peaks` is the float model's max |x| per tensor over `feeds` (_float_peaks).
   """
   from ai_edge_quantizer.utils import validation_utils
 
@@ -133,7 +134,6 @@ def _tensor_snr(qt, fp32_path: str, feeds) -> dict[str, float]:
     result = qt.validate({_SIGNATURE: feeds}, error_metrics=[
         validation_utils.ValidationErrorMetric.SNR], num_threads=1)
   tensors = result.get_signature_comparison_result(_SIGNATURE).intermediate_tensors
-  peaks = _float_peaks(fp32_path, feeds)
   out = {}
   for name, metrics in tensors.items():
     value = metrics.get("snr")
@@ -197,7 +197,9 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
     return runtimes.tflite_runner(path)
 
   def sensitivity():
-    return _local_snr(fp32_path, _tensor_snr(last["qt"], fp32_path, samples))
+    if "peaks" not in last:  # the float model's, the same every round
+      last["peaks"] = _float_peaks(fp32_path, samples)
+    return _local_snr(fp32_path, _tensor_snr(last["qt"], samples, last["peaks"]))
 
   return fallback.quantize_with_fallback(quantize, sensitivity, samples, references, output,
                                          thresholds, key="tensor")
