@@ -159,3 +159,18 @@ def test_gate_samples_are_held_out_of_calibration_and_span_the_trajectory():
   assert len(gate) == 4 and len(rest) == 6
   with pytest.raises(ValueError, match="too few"):
     calibration.held_out(tokens[:4], 4)
+
+
+def test_too_few_calibration_prompts_is_a_clear_error(tmp_path):
+  # One prompt and the empty one give the text encoder 2 recorded inputs: fewer than the
+  # gate holds out. The export stops with a message, and leaves no artifact behind.
+  from edgediff import pipeline
+  from edgediff.errors import EdgediffError
+  from edgediff.export import exporter
+
+  opts = exporter.ExportOptions(fmt="onnx", out=str(tmp_path), recipe="int8_static",
+                                components=("text_encoder",), calib_prompts=("a red circle",))
+  with pytest.raises(EdgediffError, match="--calib-prompts"):
+    exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
+  folder = tmp_path / "md-tiny" / "onnx" / "int8_static"
+  assert not list(folder.glob("*.onnx"))

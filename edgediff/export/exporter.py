@@ -161,6 +161,11 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     tflite_lib.check_size(component, onnx_lib.param_bytes(module), opts.recipe)
   output_name = module.output_names[0]
   if calib:  # a calibrated recipe: gate on recorded inputs that calibration does not see
+    if len(calib) <= PARITY_SAMPLES:
+      raise EdgediffError(
+          f"{component}: {len(calib)} recorded calibration inputs, but {PARITY_SAMPLES} are "
+          f"held out to gate on and at least one must calibrate: give more prompts with "
+          f"--calib-prompts")
     samples, calib = calibration.held_out(calib, PARITY_SAMPLES)
     parity_inputs = "held out of the calibration recording"
   else:
