@@ -102,7 +102,7 @@ def bench_folder(folder: str, runs: int, threads: int, torch_done: set) -> list[
       row["peak_rss_mb"] = round(rss, 1)
       label = "torch/fp32" if backend == "torch" else f"{backend}/{manifest['recipe']}"
       rows.append({"backend": label, "component": component, "folder": folder,
-                   "file_mb": round(os.path.getsize(os.path.join(folder, file)) / 1e6, 3)
+                   "file_mb": round(exporter.artifact_bytes(os.path.join(folder, file)) / 1e6, 3)
                    if file else None, "runs": runs, "threads": threads,
                    **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}})
   return rows

@@ -9,11 +9,13 @@ names the file and the tensor.
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
+from typing import Callable
 
 import torch
 from torch import nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from edgediff import atomic, schedule
 from edgediff.errors import EdgediffError
@@ -28,17 +30,74 @@ _PREFIXES = {
 }
 
 
-def read_tensors(path: str) -> dict[str, torch.Tensor]:
-  """All tensors of a local .safetensors (or, weights-only, .bin/.pt) file."""
+class LazyTensors(Mapping):
+  """A .safetensors file's tensors by name, each read from the file only when asked for.
+
+  The header is read (and checked against the file's size) at once, so a truncated file
+  fails before any long work; a full-size UNet's 3.4 GB are never all in memory twice.
+  """
+
+  def __init__(self, path: str):
+    self._file = safe_open(path, framework="pt")
+    self._names = tuple(self._file.keys())
+
+  def __getitem__(self, name: str) -> torch.Tensor:
+    if name not in self._names:
+      raise KeyError(name)
+    return self._file.get_tensor(name)
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def read_tensors(path: str) -> Mapping[str, torch.Tensor]:
+  """The tensors of a local .safetensors (or, weights-only, .bin/.pt) file, by name.
+
+  .safetensors files are read lazily (LazyTensors); .bin/.pt files are memory-mapped where
+  their format allows it (torch's zip format), so their tensors page in as they are used.
+  """
   if not os.path.isfile(path):
     raise EdgediffError(f"{path}: no such checkpoint file")
   try:
     if path.endswith(".safetensors"):
-      return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise EdgediffError(f"{path}: truncated or corrupt checkpoint ({first_line})") from None
+      return LazyTensors(path)
+    try:
+      tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+      if "mmap" not in str(e):  # only the legacy (pre-zip) format cannot be mapped
+        raise
+      tensors = torch.load(path, map_location="cpu", weights_only=True)
+  except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
+    raise EdgediffError(f"{path}: truncated or corrupt checkpoint ({_first_line(e)})") from None
+  except Exception as e:  # pickle.UnpicklingError: the weights-only loader refused it
+    raise EdgediffError(f"{path}: not a weights file torch can read safely "
+                        f"({_first_line(e)})") from None
+  if isinstance(tensors, Mapping) and "state_dict" in tensors and isinstance(
+      tensors["state_dict"], Mapping):  # a training checkpoint wrapping its weights
+    tensors = tensors["state_dict"]
+  if not isinstance(tensors, Mapping) or not all(
+      isinstance(v, torch.Tensor) for v in tensors.values()):
+    raise EdgediffError(f"{path}: holds a {type(tensors).__name__}, not a mapping of tensor "
+                        f"names to tensors")
+  return tensors
+
+
+def build_empty(builder: Callable[[], nn.Module]) -> nn.Module:
+  """`builder()` with its parameters on the meta device (no memory, no initialisation);
+  buffers, which a checkpoint may not hold (non-persistent ones), are built as usual.
+  load_state then assigns the checkpoint's tensors: the weights exist once, not twice."""
+  from accelerate import init_empty_weights
+
+  with init_empty_weights(include_buffers=False):
+    module = builder()
+  return module.eval()
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: str) -> None:
@@ -53,27 +112,34 @@ def _candidates(name: str, component: str) -> list[str]:
   return names
 
 
-def holds_component(module: nn.Module, tensors: dict[str, torch.Tensor],
+def holds_component(module: nn.Module, tensors: Mapping[str, torch.Tensor],
                     component: str) -> bool:
   """Whether `tensors` has any tensor of `module` under any of the name rules."""
   return any(c in tensors for name in module.state_dict() for c in _candidates(name, component))
 
 
-def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
+def load_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str,
                component: str) -> None:
-  """Copies `tensors` into `module` by name rule, checking every name and shape."""
+  """Puts `tensors` into `module` by name rule, checking every name and shape.
+
+  The tensors are assigned, not copied: `module` may come from build_empty (parameters on
+  the meta device), and a full-size model then exists once in memory.
+  """
   own = module.state_dict()
   state = {}
   for name, target in own.items():
     found = next((c for c in _candidates(name, component) if c in tensors), None)
     if found is None:
       raise EdgediffError(f"{source}: missing tensor {name!r} for the {component}")
-    value = tensors[found]
+    try:
+      value = tensors[found]
+    except SafetensorError as e:
+      raise EdgediffError(f"{source}: tensor {found!r} cannot be read ({_first_line(e)})") from None
     if tuple(value.shape) != tuple(target.shape):
       raise EdgediffError(f"{source}: tensor {found!r} has shape {tuple(value.shape)}, "
                           f"the {component} expects {tuple(target.shape)}")
     state[name] = value.to(target.dtype)
-  module.load_state_dict(state, strict=True)
+  module.load_state_dict(state, strict=True, assign=True)
 
 
 def load_weights(module: nn.Module, path: str, component: str) -> None:
@@ -140,7 +206,7 @@ def load_diffusers_component(folder: str, component: str) -> nn.Module:
   """Builds one component from a diffusers folder and loads its weights."""
   builder, config = diffusers_configs(folder)[component]
   sub = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}[component]
-  module = builder(config).eval()
+  module = build_empty(lambda: builder(config))
   load_weights(module, _weights_file(folder, sub), component)
   return module
 

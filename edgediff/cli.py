@@ -61,9 +61,12 @@ def cmd_export(args) -> int:
       fmt=args.fmt, out=args.out, recipe=recipe,
       components=tuple(args.component or exporter.COMPONENTS),
       batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort,
-      nhwc=args.nhwc, calib_prompts=_read_prompts(args.calib_prompts))
+      nhwc=args.nhwc, calib_prompts=_read_prompts(args.calib_prompts),
+      max_memory_gb=args.max_memory)
+  if args.max_memory is not None and args.max_memory <= 0:
+    raise EdgediffError(f"--max-memory {args.max_memory}: give a budget in GB above 0")
   if args.int8:
-    manifest = exporter.export_int8(pipe, opts)
+    manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout)
   else:
     manifest = exporter.export_pipeline(pipe, opts)
   failures = [f for c in manifest["components"].values() for f in c["parity"]["failures"]]
@@ -82,7 +85,13 @@ def cmd_export(args) -> int:
     print(f"manifest: {manifest['folder']}/manifest.json")
   for f in failures:
     print(f"edgediff: parity failed: {f}", file=sys.stderr)
-  return 1 if failures else 0
+  if failures:
+    return 1
+  crashed = {r: c["failed"] for r, c in manifest.get("int8_selection", {}).get(
+      "candidates", {}).items() if "failed" in c}
+  for recipe, why in crashed.items():
+    print(f"edgediff: --int8 candidate {recipe} failed: {why}", file=sys.stderr)
+  return 3 if crashed else 0
 
 
 def _read_prompts(path: str | None) -> tuple[str, ...] | None:
@@ -353,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the int8 recipe that passes the gate fastest in this runtime")
   p.add_argument("--calib-prompts", metavar="FILE",
                  help="calibration prompts, one per line (default: the shipped set)")
+  p.add_argument("--max-memory", type=float, metavar="GB",
+                 help="refuse a component whose estimated peak memory exceeds this "
+                      "(default: the RAM available when it starts)")
+  p.add_argument("--candidate-timeout", type=float, metavar="SECONDS",
+                 help="--int8: give up on a candidate recipe after this long")
   p.add_argument("--force", action="store_true", help="redo components already exported")
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
   p.set_defaults(func=cmd_export)

@@ -70,13 +70,15 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
   tensors = checkpoints.read_tensors(weights_path) if weights_path else None
 
   def build(component: str, required: bool = True) -> nn.Module:
+    cspec = spec.component(component)
+    if tensors is not None:
+      empty = checkpoints.build_empty(lambda: cspec.builder(cspec.tiny if tiny else cspec.config))
+      if required or checkpoints.holds_component(empty, tensors, component):
+        checkpoints.load_state(empty, tensors, weights_path, component)
+        return empty
     # Without weights, a seeded initialisation: the same command gives the same artifact.
     torch.manual_seed(seed + specs.COMPONENTS.index(component))
-    module = spec.component(component).build(tiny=tiny)
-    if tensors is not None and (
-        required or checkpoints.holds_component(module, tensors, component)):
-      checkpoints.load_state(module, tensors, weights_path, component)
-    return module
+    return cspec.build(tiny=tiny)
 
   return Pipeline(name=name, build=build,
                   latent_size=spec.tiny_latent_size if tiny else spec.latent_size,

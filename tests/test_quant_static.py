@@ -139,7 +139,7 @@ def test_tflite_calibration_keeps_each_tensors_extremes(tmp_path):
   small = {"x": np.full((1, 4), 0.5, np.float32)}
   large = {"x": np.array([[-8.0, 2.0, 3.0, 40.0]], np.float32)}
   qt = tflite_static._quantizer(path, "int8_static", [])
-  merged = tflite_static._calibrate(qt, [small, large])
+  merged = tflite_static._calibrate(path, qt, [small, large])
   x = next(v for k, v in merged.items() if k.endswith("x"))
   assert float(np.min(x["min"])) == -8.0 and float(np.max(x["max"])) == 40.0
 

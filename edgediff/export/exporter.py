@@ -9,10 +9,13 @@ settings, unless forced.
 
 import dataclasses
 import datetime
+import gc
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from importlib import metadata
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 import edgediff
-from edgediff import atomic
+from edgediff import atomic, memory
 from edgediff import pipeline as pipeline_lib
 from edgediff.errors import EdgediffError
 from edgediff.export import inputs as inputs_lib
@@ -47,6 +50,7 @@ class ExportOptions:
   ort: bool = False  # also write the .ort mobile format (onnx only)
   calib_prompts: tuple[str, ...] | None = None  # None: the shipped prompt set
   nhwc: bool = False  # channel-last 4-D inputs and outputs (tflite only)
+  max_memory_gb: float | None = None  # the preflight's budget; None: the RAM available now
 
 
 def log(message: str) -> None:
@@ -84,7 +88,24 @@ def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
   if not entry or not entry.get("passed") or entry.get("settings") != settings:
     return False
   path = os.path.join(folder, entry["file"])
+  for data in entry.get("external_data") or []:
+    data_path = os.path.join(folder, data["file"])
+    if not os.path.isfile(data_path) or os.path.getsize(data_path) != data["bytes"]:
+      return False
   return os.path.isfile(path) and sha256(path) == entry["sha256"]
+
+
+def artifact_files(path: str) -> list[str]:
+  """The artifact at `path` and the files holding its external data (ONNX over ~1.5 GB)."""
+  if not path.endswith(".onnx"):
+    return [path]
+  folder = os.path.dirname(path)
+  return [path] + [os.path.join(folder, n) for n in onnx_lib.external_data_files(path)]
+
+
+def artifact_bytes(path: str) -> int:
+  """What the artifact takes on disk, its external data included."""
+  return sum(os.path.getsize(f) for f in artifact_files(path))
 
 
 def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
@@ -97,40 +118,66 @@ def golden_feeds(folder: str, entry: dict) -> tuple[dict[str, np.ndarray], np.li
   return {i["name"]: golden[i["name"]] for i in entry["inputs"]}, golden
 
 
-def _convert(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]], references,
-             output_name: str, path: str, calib) -> dict | None:
-  """Writes the artifact; returns what a calibrated recipe did (None otherwise)."""
+def _write_float(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]],
+                 output_name: str, path: str) -> str | None:
+  """Converts `module`. Writes the artifact itself where conversion is the whole recipe
+  (returns None), or the fp32 model that a quantizer then reads (returns its path)."""
   feeds = {k: torch.from_numpy(v) for k, v in samples[0].items()}
-  if opts.fmt == "onnx":
-    if opts.recipe == "fp32":
+  ext = EXTENSIONS[opts.fmt]
+  if opts.recipe == "fp32" or (opts.fmt == "tflite" and opts.recipe not in recipes.CALIBRATED):
+    if opts.fmt == "onnx":
       onnx_lib.export_onnx(module, feeds, (output_name,), path)
-      return None
-    fp32_path = path[: -len(".onnx")] + ".fp32.onnx"
+    else:
+      tflite_lib.export_tflite(module, feeds, (output_name,), path,
+                               quant_config=recipes.tflite_quant_config(opts.recipe))
+    return None
+  fp32_path = path[: -len(ext)] + ".fp32" + ext
+  if opts.fmt == "onnx":
     onnx_lib.export_onnx(module, feeds, (output_name,), fp32_path)
-    info = None
+  else:
+    tflite_lib.export_tflite(module, feeds, (output_name,), fp32_path)
+  return fp32_path
+
+
+def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, references,
+              output_name: str, calib) -> dict | None:
+  """Writes the `opts.recipe` artifact from the fp32 model; returns what a calibrated recipe
+  did (None otherwise). The fp32 model and its data are removed."""
+  info = None
+  if opts.fmt == "onnx":
     if opts.recipe == "int8_static":
       info = onnx_static.quantize_with_fallback(fp32_path, path, calib, samples, references,
                                                 output_name, parity.THRESHOLDS[opts.recipe])
       info["calibration_samples"] = len(calib)
     else:
       recipes.quantize_onnx(opts.recipe, fp32_path, path)
-    for name in os.listdir(os.path.dirname(path)):  # the fp32 model and its data
-      if name.startswith(os.path.basename(fp32_path)):
-        os.remove(os.path.join(os.path.dirname(path), name))
-    return info
-  if opts.recipe in recipes.CALIBRATED:  # litert-torch fp32, then ai-edge-quantizer
-    fp32_path = path[: -len(".tflite")] + ".fp32.tflite"
-    tflite_lib.export_tflite(module, feeds, (output_name,), fp32_path)
+  else:  # litert-torch's fp32, then ai-edge-quantizer
     calib = tflite_static.calibration_subset(calib)
     info = tflite_static.quantize_with_fallback(
         fp32_path, path, opts.recipe, [to_layout(f, opts.nhwc) for f in calib], samples,
         references, output_name, parity.THRESHOLDS[opts.recipe])
     info["calibration_samples"] = len(calib)
-    os.remove(fp32_path)
-    return info
-  tflite_lib.export_tflite(module, feeds, (output_name,), path,
-                           quant_config=recipes.tflite_quant_config(opts.recipe))
-  return None
+  folder = os.path.dirname(path)
+  for name in os.listdir(folder):  # the fp32 model and its data
+    if name.startswith(os.path.basename(fp32_path)):
+      os.remove(os.path.join(folder, name))
+  return info
+
+
+def _preflight(component: str, opts: ExportOptions, module, latent_size: int) -> memory.Estimate:
+  """Refuses, before conversion, an export whose estimated peak exceeds the budget."""
+  weights = onnx_lib.param_bytes(module)
+  feeds = {i.name: np.zeros(i.shape, i.dtype)
+           for i in module.input_specs(opts.batch, latent_size)}
+  est = memory.estimate(opts.fmt, opts.recipe, weights, memory.activation_bytes(module, feeds),
+                        slim=onnx_lib.slims(weights), calibrated=opts.recipe in recipes.CALIBRATED)
+  advice = ("export it at a smaller --resolution"
+            + (", or with an uncalibrated recipe (--quant int8_dynamic)"
+               if opts.recipe in recipes.CALIBRATED else "")
+            + ", on a machine with more memory, or raise --max-memory if you know better")
+  budget = None if opts.max_memory_gb is None else int(opts.max_memory_gb * memory.GB)
+  memory.check(f"{component} ({opts.fmt} {opts.recipe})", est, budget, advice)
+  return est
 
 
 def _replace_into(tmp_dir: str, folder: str) -> None:
@@ -173,6 +220,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
         pipe, component, module, opts.batch, latent_size, n=PARITY_SAMPLES,
         text_encoder=text_encoder)
     parity_inputs = "representative"
+  estimate = _preflight(component, opts, module, latent_size)
   references = torch_outputs(module, samples)
   # What the artifact takes and gives: the same tensors, channel-last with --nhwc.
   samples = [to_layout(f, opts.nhwc) for f in samples]
@@ -190,9 +238,12 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   tmp_path = os.path.join(tmp_dir, component + ext)
   log(f"[{component}] converting to {opts.fmt} ({opts.recipe}) ...")
   try:
-    quant_info = _convert(opts, module, samples, references, output_name, tmp_path, calib)
+    fp32_path = _write_float(opts, module, samples, output_name, tmp_path)
+    del module  # the quantizers read the fp32 file: the module's weights are not needed
+    gc.collect()
+    quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, samples, references,
+                                         output_name, calib)
     convert_s = time.perf_counter() - started
-    del module
     log(f"[{component}] converted in {convert_s:.1f} s; running {PARITY_SAMPLES} samples in "
         f"{'onnxruntime' if opts.fmt == 'onnx' else 'ai_edge_litert'}")
     runner = runtimes.load_runner(opts.fmt, tmp_path)
@@ -208,12 +259,16 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   finally:
     shutil.rmtree(tmp_dir, ignore_errors=True)  # whatever a failed or killed step left
   path = os.path.join(folder, component + ext)
+  data_files = artifact_files(path)[1:]
   status = "passed" if report.passed else "FAILED"
   log(f"[{component}] parity {status}: psnr {report.psnr_db:.1f} dB, cosine "
       f"{report.cosine:.6f}, max abs {report.max_abs:.3g} "
       f"({time.perf_counter() - started:.1f} s)")
   return {
-      "file": component + ext, "sha256": sha256(path), "bytes": os.path.getsize(path),
+      "file": component + ext, "sha256": sha256(path), "bytes": artifact_bytes(path),
+      "external_data": [{"file": os.path.basename(f), "bytes": os.path.getsize(f)}
+                        for f in data_files],
+      "memory_estimate_gb": round(estimate.peak_bytes / memory.GB, 2),
       "layout": "NHWC" if opts.nhwc else "NCHW",
       "inputs": _io_json(samples[0]),
       "outputs": _io_json({output_name: references[0]}),
@@ -223,12 +278,48 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   }
 
 
+def _source_stamp(source: dict) -> list:
+  """Size and modification time of the weights a source reads, so that a cache keyed on it
+  goes stale when the weights change."""
+  paths = []
+  if source.get("weights"):
+    paths.append(source["weights"])
+  if source.get("from_diffusers"):
+    for sub in ("text_encoder", "unet", "vae"):
+      folder = os.path.join(source["from_diffusers"], sub)
+      paths += [os.path.join(folder, n) for n in sorted(os.listdir(folder))] if os.path.isdir(
+          folder) else []
+  return [[p, os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths if os.path.isfile(p)]
+
+
 def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> dict:
-  """Records the calibration set along float sampling runs and saves calibration.npz."""
+  """The calibration set: recorded along float sampling runs, or reused.
+
+  The recording depends only on the pipeline, its weights, the latent size and the prompts,
+  so it is kept once per pipeline in OUT/<pipeline>/calibration/<key>.npz and reused by every
+  recipe and format that asks for the same; a copy goes beside the artifacts as
+  calibration.npz.
+  """
   prompts = list(opts.calib_prompts or pipe.prompts)
-  log(f"calibration: recording {len(prompts) + 1} prompts x 8 DDIM steps in PyTorch fp32")
-  data = calibration.record(pipe, latent_size, prompts)
-  calibration.save(data, os.path.join(folder, "calibration.npz"))
+  settings = {"source": pipe.source, "stamp": _source_stamp(pipe.source),
+              "latent_size": latent_size, "prompts": prompts,
+              "steps": calibration.STEPS, "edgediff": edgediff.__version__}
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+  shared = os.path.join(opts.out, pipe.name, "calibration", key + ".npz")
+  if os.path.isfile(shared):
+    log(f"calibration: reusing {shared} ({len(prompts) + 1} prompts x {calibration.STEPS} "
+        f"DDIM steps)")
+    data = calibration.load_all(shared)
+  else:
+    log(f"calibration: recording {len(prompts) + 1} prompts x {calibration.STEPS} DDIM steps "
+        f"in PyTorch fp32")
+    started = time.perf_counter()
+    data = calibration.record(pipe, latent_size, prompts)
+    calibration.save(data, shared)
+    log(f"calibration: recorded {sum(len(v) for v in data.values())} inputs in "
+        f"{time.perf_counter() - started:.0f} s")
+  shutil.copyfile(shared, os.path.join(folder, "calibration.npz.tmp"))
+  os.replace(os.path.join(folder, "calibration.npz.tmp"), os.path.join(folder, "calibration.npz"))
   return data
 
 
@@ -243,7 +334,21 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
     raise EdgediffError("--nhwc changes the TFLite interface: use it with --fmt tflite")
   latent_size = opts.latent_size or pipe.latent_size
   folder = os.path.join(opts.out, pipe.name, opts.fmt, opts.recipe)
+  created, parent = [], folder
+  while parent and not os.path.isdir(parent):
+    created.append(parent)
+    parent = os.path.dirname(parent)
   os.makedirs(folder, exist_ok=True)
+  try:
+    return _export_into(pipe, opts, folder, latent_size)
+  finally:
+    for made in created:  # deepest first: a refused first export leaves no empty folders
+      if os.path.isdir(made) and not os.listdir(made):
+        os.rmdir(made)
+
+
+def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
+                 latent_size: int) -> dict:
   old = read_manifest(folder) or {}
   manifest = {
       "edgediff": edgediff.__version__, "runtimes": runtime_versions(),
@@ -265,6 +370,9 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
       # Real text embeddings of real prompts for the UNet's inputs.
       text_encoder = pipe.build("text_encoder", required=False)
     if opts.recipe in recipes.CALIBRATED and calib is None:
+      # Recording is long work at full size: check first that every component will fit.
+      for name in opts.components:
+        _preflight(name, opts, pipe.build(name), latent_size)
       calib = _calibration(pipe, opts, latent_size, folder)
     entry = export_component(pipe, component, opts, folder, latent_size, text_encoder,
                              calib and calibration.batched(calib[component], opts.batch))
@@ -301,31 +409,99 @@ def _candidate_components(manifest: dict) -> dict:
   return out
 
 
-def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
+def _export_child(conn, source: dict, opts: ExportOptions) -> None:
+  """One --int8 candidate, in a process of its own: sends back its manifest's folder, or the
+  one-line reason it failed."""
+  os.dup2(2, 1)  # whatever the libraries print goes to stderr: stdout is the parent's --json
+  try:
+    manifest = export_pipeline(pipeline_lib.open_source(source), opts)
+    conn.send(("ok", manifest["folder"]))
+  except EdgediffError as e:
+    conn.send(("failed", str(e)))
+  except MemoryError:
+    conn.send(("failed", "out of memory"))
+  except Exception as e:  # noqa: BLE001 - a candidate's crash must not end the selection
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    conn.send(("failed", f"{type(e).__name__}: {first}"))
+  finally:
+    conn.close()
+
+
+def _run_candidate(pipe, opts: ExportOptions, timeout_s: float | None) -> tuple[dict | None, str]:
+  """Exports one candidate in a child process, so that one that raises, is killed for memory
+  or runs out of time leaves the others (and this process) standing."""
+  ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
+  receive, send = ctx.Pipe(duplex=False)
+  child = ctx.Process(target=_export_child, args=(send, pipe.source, opts))
+  child.start()
+  send.close()
+  result = None
+  if receive.poll(timeout_s):
+    try:
+      result = receive.recv()
+    except EOFError:  # the child died before it could answer
+      pass
+  child.join(timeout=None if result else 5)
+  if child.is_alive():
+    child.kill()
+    child.join()
+    return None, f"timed out after {timeout_s:.0f} s (--candidate-timeout)"
+  if result is None:
+    code = child.exitcode
+    if code is not None and code < 0:
+      name = signal.Signals(-code).name
+      why = " (the kernel kills processes that run out of memory this way)" if (
+          -code == signal.SIGKILL) else ""
+      return None, f"killed by {name}{why}"
+    return None, f"exited with status {code} without a result"
+  status, value = result
+  if status != "ok":
+    return None, value
+  manifest = read_manifest(value)
+  manifest["folder"] = value
+  return manifest, ""
+
+
+def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
+                timeout_s: float | None = None) -> dict:
   """Exports every int8 recipe the runtime has and keeps the fastest one that passes.
 
-  Speed is the sum over the exported components of the median latency on the golden inputs,
-  measured in this run; the chosen recipe's manifest records the candidates and the reason.
+  Each candidate is exported in its own process: one that fails, runs out of memory or of
+  time (`timeout_s`) is recorded as `failed` with its reason, and the choice is made among
+  the others. Speed is the sum over the exported components of the median latency on the
+  golden inputs, measured in this run; the chosen recipe's manifest records the candidates
+  and the reason. Raises EdgediffError when no candidate produced an artifact.
   """
   candidates = {}
   manifests = {}
   for recipe in recipes.int8_candidates(opts.fmt):
     log(f"--int8: trying {recipe}")
-    manifest = export_pipeline(pipe, dataclasses.replace(opts, recipe=recipe))
+    manifest, failure = _run_candidate(pipe, dataclasses.replace(opts, recipe=recipe),
+                                       timeout_s)
+    if manifest is None:
+      log(f"--int8: {recipe} failed: {failure}")
+      candidates[recipe] = {"passed": False, "failed": failure}
+      continue
     latency = _latency_ms(manifest)
     candidates[recipe] = {"passed": manifest["passed"], "latency_ms": latency,
                           "total_latency_ms": round(sum(latency.values()), 3),
                           "manifest": os.path.join(manifest["folder"], MANIFEST),
                           "components": _candidate_components(manifest)}
     manifests[recipe] = manifest
-  passing = [r for r, c in candidates.items() if c["passed"]]
+  if not manifests:
+    raise EdgediffError("--int8: every candidate failed: " + "; ".join(
+        f"{r}: {c['failed']}" for r, c in candidates.items()))
+  passing = [r for r in manifests if candidates[r]["passed"]]
+  failed = [r for r, c in candidates.items() if "failed" in c]
   if not passing:
-    chosen = min(candidates, key=lambda r: candidates[r]["total_latency_ms"])
+    chosen = min(manifests, key=lambda r: candidates[r]["total_latency_ms"])
     why = "no int8 recipe passed the parity gate; reporting the fastest"
   else:
     chosen = min(passing, key=lambda r: candidates[r]["total_latency_ms"])
     why = (f"fastest of the passing int8 recipes ({', '.join(passing)}) by median latency "
            f"on the golden inputs, measured in this run")
+  if failed:
+    why += f"; {', '.join(failed)} failed (see candidates)"
   manifest = manifests[chosen]
   manifest["int8_selection"] = {"chosen": chosen, "why": why, "candidates": candidates}
   folder = manifest.pop("folder")

@@ -11,6 +11,15 @@ OPSET = 18  # the dynamo exporter's output is invalid at opset 17
 # torch.onnx moves weights to external data above about 1.5 GB whatever it is told; past
 # that size edgediff asks for external data itself so that the file layout is predictable.
 EXTERNAL_DATA_BYTES = 1_500_000_000
+# onnxslim loads the whole model and writes a rewritten copy, so a model of this size or more
+# is left as exported: two copies of a full-size UNet in memory (md-lite's 1.1 GB took the
+# export to an 11 GB peak) cost more than the folded shape arithmetic saves.
+SLIM_MAX_BYTES = 1_000_000_000
+
+
+def slims(param_bytes_: int) -> bool:
+  """Whether export_onnx simplifies a model with this many bytes of weights."""
+  return param_bytes_ < SLIM_MAX_BYTES
 
 
 def param_bytes(module: nn.Module) -> int:
@@ -22,19 +31,30 @@ def export_onnx(module: nn.Module, feeds: dict[str, torch.Tensor], output_names,
   import onnx
   import onnxslim
 
-  external = param_bytes(module) > EXTERNAL_DATA_BYTES
+  weights = param_bytes(module)
+  external = weights > EXTERNAL_DATA_BYTES
   with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
     program = torch.onnx.export(
         module, tuple(feeds.values()), dynamo=True, opset_version=OPSET,
         input_names=list(feeds), output_names=list(output_names), verbose=False)
     program.save(path, external_data=external)
     del program
-  if not external:
-    # onnxslim folds the exporter's shape arithmetic (fewer Reshape/Gemm chains); it
-    # rewrites a model in memory, so large external-data models are left as exported.
+  if slims(weights) and not external:
+    # onnxslim folds the exporter's shape arithmetic (fewer Reshape/Gemm chains).
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
       onnxslim.slim(path, path)  # prints a summary table: not for the user
   onnx.checker.check_model(path, full_check=not external)
+
+
+def external_data_files(path: str) -> list[str]:
+  """The files (beside `path`) that hold an .onnx model's external data, if any."""
+  import onnx
+
+  model = onnx.load(path, load_external_data=False)
+  names = {entry.value for init in model.graph.initializer
+           if init.data_location == onnx.TensorProto.EXTERNAL
+           for entry in init.external_data if entry.key == "location"}
+  return sorted(names)
 
 
 def export_ort(path: str) -> str:

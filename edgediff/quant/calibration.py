@@ -15,7 +15,10 @@ from edgediff import atomic
 from edgediff import generate as gen
 
 
-def record(pipe, latent_size: int, prompts: list[str], steps: int = 8,
+STEPS = 8  # DDIM steps of each recorded sampling run
+
+
+def record(pipe, latent_size: int, prompts: list[str], steps: int = STEPS,
            seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
   """{component: [feeds, ...]} from PyTorch fp32 generations, one seed per prompt."""
   backend = gen.torch_backend(pipe, latent_size)
@@ -80,3 +83,9 @@ def load(path: str, component: str) -> list[dict[str, np.ndarray]]:
     stacked = {n: data[f"{component}/{n}"] for n in names}
   count = len(next(iter(stacked.values())))
   return [{n: stacked[n][i] for n in names} for i in range(count)]
+
+
+def load_all(path: str) -> dict[str, list[dict[str, np.ndarray]]]:
+  with np.load(path) as data:
+    components = sorted({k.split("/", 1)[0] for k in data.files})
+  return {c: load(path, c) for c in components}

@@ -18,19 +18,26 @@ from edgediff.quant import fallback
 
 
 def _Reader(feeds):
-  """A CalibrationDataReader over recorded feeds."""
+  """A CalibrationDataReader over recorded feeds; `set_range` serves onnxruntime's strided
+  calibration (CalibStridedMinMax), which runs a few samples at a time."""
   from onnxruntime.quantization import CalibrationDataReader
 
   class Reader(CalibrationDataReader):
     def __init__(self, feeds):
       self._feeds = list(feeds)
-      self.rewind()
+      self.set_range(0, len(self._feeds))
 
     def get_next(self):
       return next(self._iter, None)
 
     def rewind(self):
-      self._iter = iter(self._feeds)
+      self.set_range(0, len(self._feeds))
+
+    def __len__(self):
+      return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int):
+      self._iter = iter(self._feeds[start_index:end_index])
 
   return Reader(feeds)
 
@@ -53,10 +60,24 @@ def _unique_initializers(src: str, dst: str) -> None:
           graph.initializer.append(copy)
           node.input[k] = copy.name
         used.add(copy.name if name in used else name)
-  onnx.save(model, dst)
+  onnx.save(model, dst, save_as_external_data=_needs_external_data(model),
+            location=os.path.basename(dst) + ".data")
 
 
-def _quantize(fp32_path, path, calib, exclude):
+def _needs_external_data(model) -> bool:
+  # A protobuf cannot exceed 2 GB: above that the model must keep its weights beside it.
+  return sum(len(i.raw_data) for i in model.graph.initializer) > 1_500_000_000
+
+def _quantize(fp32_path, path, calib, exclude, cache_path):
+  """Calibrates (once: the ranges go to `cache_path` and later rounds reuse them) and writes
+  the QDQ model.
+
+  Calibration runs one sample at a time (CalibStridedMinMax 1): onnxruntime's calibrator
+  otherwise keeps every intermediate tensor of every sample until it computes the ranges, a
+  few GB per sample for a full-size UNet. Its CalibMaxIntermediateOutputs option would bound
+  that too, but in onnxruntime 1.31 it discards the collected outputs without merging their
+  ranges. Each strided call merges its min and max into the running range.
+  """
   from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
   # uint8 weights as well as activations. With int8 weights, onnxruntime's x86 kernels on
@@ -65,7 +86,9 @@ def _quantize(fp32_path, path, calib, exclude):
   # 30.3 dB with u8 weights. u8 weights run on every CPU onnxruntime supports.
   quantize_static(fp32_path, path, _Reader(calib), quant_format=QuantFormat.QDQ,
                   per_channel=True, activation_type=QuantType.QUInt8,
-                  weight_type=QuantType.QUInt8, nodes_to_exclude=list(exclude))
+                  weight_type=QuantType.QUInt8, nodes_to_exclude=list(exclude),
+                  use_external_data_format=os.path.isfile(fp32_path + ".data"),
+                  extra_options={"CalibStridedMinMax": 1}, calibration_cache_path=cache_path)
 
 
 def _node_sqnr(fp32_path, qdq_path, feeds) -> dict[str, float]:
@@ -121,8 +144,10 @@ def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references
 
     graph = onnx.load(unique, load_external_data=False).graph
 
+    cache = os.path.join(tmp, "ranges.json")
+
     def quantize(excluded):
-      _quantize(unique, path, calib, _with_consumers(graph, excluded))
+      _quantize(unique, path, calib, _with_consumers(graph, excluded), cache)
       return runtimes.onnx_runner(path)
 
     return fallback.quantize_with_fallback(

@@ -1,0 +1,105 @@
+"""A memory preflight: estimate an export's peak before the long work, and refuse what won't fit.
+
+A process the kernel kills for memory tells the user nothing, so each component's export
+is estimated from what it holds: the weights (bytes of its parameters) and one forward pass's
+activations (every intermediate tensor of one call, counted on fake tensors: no memory, no
+arithmetic). The factors below are fitted to peaks measured with /usr/bin/time on full-size
+exports (md, md-lite, SD-1.5; benchmarks/export_full.py, README) and err on the high side.
+"""
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from edgediff.errors import EdgediffError
+
+GB = 1024**3
+BASE_BYTES = 1.5 * GB  # Python, torch, litert-torch and onnxruntime imported
+
+# Peak per byte of fp32 weights while converting (and gating the result):
+# - tflite: litert-torch lowers the module and serialises a flatbuffer (md UNet, 1.56 GB of
+#   weights: 8.0 GB peak);
+# - onnx: the dynamo exporter and onnxruntime's session (md UNet, written with external
+#   data and not simplified: 4.3 GB; md-lite's, 1.13 GB: 5.6 GB); onnxslim rewrites a model in memory, so a simplified
+#   model costs more (md text encoder, 0.49 GB: 5.0 GB).
+CONVERT_FACTOR = {"tflite": 4.2, "onnx": 2.8}
+SLIM_FACTOR = 7.0
+# Calibrated recipes, on top of the module: ai-edge-quantizer keeps the float model, its
+# unpacked form and the quantized one (3 copies); fallback's validate runs the float and the
+# quantized model with every intermediate tensor preserved (2 x activations). onnxruntime's
+# quantizer, calibration session and the qdq_loss_debug pair hold about 4 copies and two
+# sets of intermediate outputs.
+CALIBRATED_WEIGHT_COPIES = {"tflite": 3.0, "onnx": 4.0}
+CALIBRATED_ACTIVATION_SETS = 2.0
+# Without calibration, PyTorch frees each intermediate tensor after its last use and the
+# runtimes plan their activation memory with reuse: a fraction of one call's activations is
+# alive at once.
+LIVE_ACTIVATION_FRACTION = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  weights_bytes: int
+  activation_bytes: int
+  peak_bytes: int
+
+  def describe(self) -> str:
+    return (f"about {self.peak_bytes / GB:.1f} GB (weights {self.weights_bytes / GB:.2f} GB, "
+            f"one call's activations {self.activation_bytes / GB:.2f} GB)")
+
+
+def available_bytes() -> int:
+  """What the machine can give this process now (free RAM and reclaimable cache)."""
+  import psutil
+
+  return int(psutil.virtual_memory().available)
+
+
+def activation_bytes(module: nn.Module, feeds: dict) -> int:
+  """Bytes of every tensor one forward pass of `module` on `feeds` creates.
+
+  Runs on fake tensors (torch's FakeTensorMode), so nothing is allocated or computed; the
+  sum is what an interpreter that preserves every intermediate tensor holds for one call.
+  """
+  from torch._subclasses.fake_tensor import FakeTensorMode
+  from torch.utils._python_dispatch import TorchDispatchMode
+  from torch.utils._pytree import tree_flatten
+
+  class Count(TorchDispatchMode):
+    total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+      out = func(*args, **(kwargs or {}))
+      for t in tree_flatten(out)[0]:
+        if isinstance(t, torch.Tensor):
+          Count.total += t.numel() * t.element_size()
+      return out
+
+  fake = FakeTensorMode(allow_non_fake_inputs=True)
+  with fake:
+    inputs = [torch.empty(tuple(v.shape), dtype=torch.from_numpy(v[:0]).dtype)
+              for v in feeds.values()]
+  with torch.no_grad(), fake, Count():
+    module(*inputs)
+  return Count.total
+
+
+def estimate(fmt: str, recipe: str, weights_bytes: int, activations: int, slim: bool,
+             calibrated: bool) -> Estimate:
+  factor = SLIM_FACTOR if fmt == "onnx" and slim else CONVERT_FACTOR[fmt]
+  peak = BASE_BYTES + factor * weights_bytes + LIVE_ACTIVATION_FRACTION * activations
+  if calibrated:
+    peak = max(peak, BASE_BYTES + (1 + CALIBRATED_WEIGHT_COPIES[fmt]) * weights_bytes
+               + CALIBRATED_ACTIVATION_SETS * activations)
+  return Estimate(weights_bytes, activations, int(peak))
+
+
+def check(what: str, est: Estimate, budget_bytes: int | None, advice: str) -> None:
+  """Raises an EdgediffError naming `what` when `est` exceeds the budget (default: the RAM
+  available now)."""
+  budget = available_bytes() if budget_bytes is None else budget_bytes
+  if est.peak_bytes > budget:
+    raise EdgediffError(
+        f"{what}: needs {est.describe()}, more than the {budget / GB:.1f} GB "
+        f"{'available' if budget_bytes is None else 'allowed by --max-memory'}; {advice}")

@@ -1,0 +1,119 @@
+"""What keeps a full-size export in bounded memory, checked on tiny models: lazy weights, the
+memory preflight, --int8 surviving a failed candidate, sizes that count external data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from edgediff import checkpoints, cli, memory, pipeline
+from edgediff.errors import EdgediffError
+
+
+def test_weights_are_assigned_lazily_and_nothing_stays_on_meta(tmp_path):
+  seeded = pipeline.open_pipeline("md-tiny")
+  path = str(tmp_path / "w.safetensors")
+  state = {}
+  for component in ("text_encoder", "unet"):
+    state.update({f"{component}.{k}": v + 0.5 for k, v in
+                  seeded.build(component).state_dict().items() if v.is_floating_point()})
+  checkpoints.write_tensors(state, path)
+  tensors = checkpoints.read_tensors(path)
+  assert isinstance(tensors, checkpoints.LazyTensors) and len(tensors) == len(state)
+  loaded = pipeline.open_pipeline("md-tiny", weights=path)
+  for component in ("text_encoder", "unet"):
+    module = loaded.build(component)
+    every = list(module.named_parameters()) + list(module.named_buffers())
+    assert every and all(t.device.type == "cpu" for _, t in every)
+    reference = seeded.build(component).state_dict()
+    for name, value in module.state_dict().items():
+      expected = reference[name] + 0.5 if value.is_floating_point() else reference[name]
+      torch.testing.assert_close(value, expected)  # incl. the text encoder's vocab_map
+
+
+def test_a_bare_tensor_checkpoint_is_a_clear_error(tmp_path):
+  path = str(tmp_path / "w.bin")
+  torch.save(torch.zeros(3), path)
+  with pytest.raises(EdgediffError, match=r"w\.bin: holds a Tensor, not a mapping"):
+    pipeline.open_pipeline("md-tiny", weights=path)
+
+
+def test_activation_bytes_counts_every_intermediate_tensor():
+  linear = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+  feeds = {"x": np.zeros((2, 8), np.float32)}
+  # addmm (2x16), relu (2x16), addmm (2x4), in float32; the transposed weights are views.
+  counted = memory.activation_bytes(linear, feeds)
+  assert 4 * (2 * 16 + 2 * 16 + 2 * 4) <= counted <= 4 * (2 * 16 + 2 * 16 + 2 * 4 + 16 * 8 + 4 * 16)
+
+
+def test_preflight_refuses_before_any_work_and_leaves_nothing(tmp_path, capsys):
+  out = tmp_path / "out"
+  code = cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "unet", "--out",
+                   str(out), "--max-memory", "1"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert len(err) == 1 and err[0].startswith("edgediff: error: unet (onnx fp32): needs about")
+  assert "allowed by --max-memory" in err[0]
+  assert not out.exists()  # not even an empty folder
+
+
+def test_preflight_estimate_grows_with_calibration_and_weights():
+  plain = memory.estimate("tflite", "int8_dynamic", 10**9, 10**9, slim=False, calibrated=False)
+  calibrated = memory.estimate("tflite", "int8_static", 10**9, 10**9, slim=False,
+                               calibrated=True)
+  bigger = memory.estimate("tflite", "int8_dynamic", 2 * 10**9, 10**9, slim=False,
+                           calibrated=False)
+  assert plain.peak_bytes < calibrated.peak_bytes and plain.peak_bytes < bigger.peak_bytes
+  with pytest.raises(EdgediffError, match="more than the 1.0 GB allowed"):
+    memory.check("unet", plain, memory.GB, "try less")
+
+
+def test_int8_survives_a_failing_candidate(tmp_path, capsys):
+  # One prompt records 2 text-encoder inputs, fewer than the 4 the gate holds out: the
+  # calibrated candidate fails with a clear reason, the other two are still chosen among.
+  prompts = tmp_path / "one.txt"
+  prompts.write_text("a red circle\n")
+  out = tmp_path / "out"
+  code = cli.main(["export", "md-tiny", "--fmt", "tflite", "--int8", "--component",
+                   "text_encoder", "--calib-prompts", str(prompts), "--out", str(out)])
+  captured = capsys.readouterr()
+  assert code == 3  # a passing recipe was chosen, but a candidate failed
+  assert "edgediff: --int8 candidate int8_static failed:" in captured.err
+  chosen = captured.out.split("int8 recipe: ")[1].split()[0]
+  assert chosen in ("int8_dynamic", "int8_weight_only")
+  with open(out / "md-tiny" / "tflite" / chosen / "manifest.json") as f:
+    selection = json.load(f)["int8_selection"]
+  failed = selection["candidates"]["int8_static"]
+  assert failed["passed"] is False and "--calib-prompts" in failed["failed"]
+  assert all(selection["candidates"][r]["passed"] for r in ("int8_dynamic", "int8_weight_only"))
+  assert not (out / "md-tiny" / "tflite" / "int8_static" / "text_encoder.tflite").exists()
+  # The recording is kept once per pipeline, for every recipe and format that asks again.
+  assert len(list((out / "md-tiny" / "calibration").glob("*.npz"))) == 1
+
+
+def test_sizes_count_external_data(tmp_path, capsys, monkeypatch):
+  from edgediff.export import onnx as onnx_lib
+
+  monkeypatch.setattr(onnx_lib, "EXTERNAL_DATA_BYTES", 0)  # as a full-size UNet is written
+  out = tmp_path / "out"
+  code = cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder",
+                   "--out", str(out)])
+  assert code == 0
+  folder = out / "md-tiny" / "onnx" / "fp32"
+  entry = json.loads((folder / "manifest.json").read_text())["components"]["vae_decoder"]
+  data = [d["file"] for d in entry["external_data"]]
+  assert data and all((folder / d).is_file() for d in data)
+  model_bytes = (folder / "vae_decoder.onnx").stat().st_size
+  data_bytes = sum((folder / d).stat().st_size for d in data)
+  assert data_bytes > model_bytes  # the weights are in the data file
+  assert entry["bytes"] == model_bytes + data_bytes
+  table = capsys.readouterr().out
+  assert f"{entry['bytes'] / 1e6:.2f}" in table
+  # A re-run sees the data file, and a missing one makes the artifact stale.
+  assert cli.main(["parity", str(out)]) == 0
+  os.remove(folder / data[0])
+  assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder",
+                   "--out", str(out)]) == 0
+  assert "up to date" not in capsys.readouterr().err
