@@ -19,5 +19,18 @@ def write_bytes(path: str, data: bytes) -> None:
       os.remove(tmp)
 
 
+def copy_file(src: str, path: str) -> None:
+  """An atomic copy of `src` to `path`."""
+  import shutil
+
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def write_json(path: str, data) -> None:
   write_bytes(path, json.dumps(data, indent=1).encode())

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from edgediff import atomic, schedule
-from edgediff.errors import EdgediffError
+from edgediff.errors import EdgediffError, first_line
 from edgediff.models import decoders, text_encoder
 
 # Prefixes a checkpoint may put before a component's own names: edgediff's whole-pipeline
@@ -53,10 +53,6 @@ class LazyTensors(Mapping):
     return len(self._names)
 
 
-def _first_line(e: Exception) -> str:
-  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def read_tensors(path: str) -> Mapping[str, torch.Tensor]:
   """The tensors of a local .safetensors (or, weights-only, .bin/.pt) file, by name.
 
@@ -75,10 +71,10 @@ def read_tensors(path: str) -> Mapping[str, torch.Tensor]:
         raise
       tensors = torch.load(path, map_location="cpu", weights_only=True)
   except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
-    raise EdgediffError(f"{path}: truncated or corrupt checkpoint ({_first_line(e)})") from None
+    raise EdgediffError(f"{path}: truncated or corrupt checkpoint ({first_line(e)})") from None
   except Exception as e:  # pickle.UnpicklingError: the weights-only loader refused it
     raise EdgediffError(f"{path}: not a weights file torch can read safely "
-                        f"({_first_line(e)})") from None
+                        f"({first_line(e)})") from None
   if isinstance(tensors, Mapping) and "state_dict" in tensors and isinstance(
       tensors["state_dict"], Mapping):  # a training checkpoint wrapping its weights
     tensors = tensors["state_dict"]
@@ -134,7 +130,7 @@ def load_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: s
     try:
       value = tensors[found]
     except SafetensorError as e:
-      raise EdgediffError(f"{source}: tensor {found!r} cannot be read ({_first_line(e)})") from None
+      raise EdgediffError(f"{source}: tensor {found!r} cannot be read ({first_line(e)})") from None
     if tuple(value.shape) != tuple(target.shape):
       raise EdgediffError(f"{source}: tensor {found!r} has shape {tuple(value.shape)}, "
                           f"the {component} expects {tuple(target.shape)}")

@@ -21,8 +21,8 @@ BASE_BYTES = 1.5 * GB  # Python, torch, litert-torch and onnxruntime imported
 # - tflite: litert-torch lowers the module and serialises a flatbuffer (md UNet, 1.56 GB of
 #   weights: 8.0 GB peak);
 # - onnx: the dynamo exporter and onnxruntime's session (md UNet, written with external
-#   data and not simplified: 4.3 GB; md-lite's, 1.13 GB: 5.6 GB); onnxslim rewrites a model in memory, so a simplified
-#   model costs more (md text encoder, 0.49 GB: 5.0 GB).
+#   data and not simplified: 4.3 GB; md-lite's, 1.13 GB: 5.6 GB); onnxslim rewrites a
+#   model in memory, so a simplified model costs more (md text encoder, 0.49 GB: 5.0 GB).
 CONVERT_FACTOR = {"tflite": 4.2, "onnx": 2.8}
 SLIM_FACTOR = 7.0
 # Calibrated recipes, on top of the module: ai-edge-quantizer keeps the float model, its

@@ -26,7 +26,7 @@ import torch
 import edgediff
 from edgediff import atomic, memory
 from edgediff import pipeline as pipeline_lib
-from edgediff.errors import EdgediffError
+from edgediff.errors import EdgediffError, first_line
 from edgediff.export import inputs as inputs_lib
 from edgediff.export import onnx as onnx_lib
 from edgediff.export import parity, runtimes, tflite as tflite_lib
@@ -103,9 +103,10 @@ def artifact_files(path: str) -> list[str]:
   return [path] + [os.path.join(folder, n) for n in onnx_lib.external_data_files(path)]
 
 
-def artifact_bytes(path: str) -> int:
-  """What the artifact takes on disk, its external data included."""
-  return sum(os.path.getsize(f) for f in artifact_files(path))
+def artifact_bytes(path: str, files: list[str] | None = None) -> int:
+  """What the artifact takes on disk, its external data included (`files`: its
+  artifact_files, when already listed)."""
+  return sum(os.path.getsize(f) for f in files or artifact_files(path))
 
 
 def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
@@ -164,13 +165,18 @@ def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, reference
   return info
 
 
-def _preflight(component: str, opts: ExportOptions, module, latent_size: int) -> memory.Estimate:
-  """Refuses, before conversion, an export whose estimated peak exceeds the budget."""
+def _estimate(opts: ExportOptions, module, latent_size: int) -> memory.Estimate:
   weights = onnx_lib.param_bytes(module)
   feeds = {i.name: np.zeros(i.shape, i.dtype)
            for i in module.input_specs(opts.batch, latent_size)}
-  est = memory.estimate(opts.fmt, opts.recipe, weights, memory.activation_bytes(module, feeds),
-                        slim=onnx_lib.slims(weights), calibrated=opts.recipe in recipes.CALIBRATED)
+  return memory.estimate(opts.fmt, opts.recipe, weights, memory.activation_bytes(module, feeds),
+                         slim=onnx_lib.slims(weights),
+                         calibrated=opts.recipe in recipes.CALIBRATED)
+
+
+def _preflight(component: str, opts: ExportOptions, est: memory.Estimate) -> memory.Estimate:
+  """Refuses, before conversion, an export whose estimated peak exceeds the budget (the RAM
+  available now, unless --max-memory)."""
   advice = ("export it at a smaller --resolution"
             + (", or with an uncalibrated recipe (--quant int8_dynamic)"
                if opts.recipe in recipes.CALIBRATED else "")
@@ -200,8 +206,10 @@ def _io_json(arrays: dict[str, np.ndarray]) -> list[dict]:
 
 
 def export_component(pipe, component: str, opts: ExportOptions, folder: str,
-                     latent_size: int, text_encoder=None, calib=None) -> dict:
-  """Exports one component, gates it, and returns its manifest entry."""
+                     latent_size: int, text_encoder=None, calib=None,
+                     estimate: memory.Estimate | None = None) -> dict:
+  """Exports one component, gates it, and returns its manifest entry. `estimate`: its
+  memory estimate, when already made (checked again against the RAM available now)."""
   started = time.perf_counter()
   module = pipe.build(component)
   if opts.fmt == "tflite":  # before any long work: refuse what cannot fit a flatbuffer
@@ -220,7 +228,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
         pipe, component, module, opts.batch, latent_size, n=PARITY_SAMPLES,
         text_encoder=text_encoder)
     parity_inputs = "representative"
-  estimate = _preflight(component, opts, module, latent_size)
+  estimate = _preflight(component, opts, estimate or _estimate(opts, module, latent_size))
   references = torch_outputs(module, samples)
   # What the artifact takes and gives: the same tensors, channel-last with --nhwc.
   samples = [to_layout(f, opts.nhwc) for f in samples]
@@ -259,15 +267,15 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   finally:
     shutil.rmtree(tmp_dir, ignore_errors=True)  # whatever a failed or killed step left
   path = os.path.join(folder, component + ext)
-  data_files = artifact_files(path)[1:]
+  files = artifact_files(path)
   status = "passed" if report.passed else "FAILED"
   log(f"[{component}] parity {status}: psnr {report.psnr_db:.1f} dB, cosine "
       f"{report.cosine:.6f}, max abs {report.max_abs:.3g} "
       f"({time.perf_counter() - started:.1f} s)")
   return {
-      "file": component + ext, "sha256": sha256(path), "bytes": artifact_bytes(path),
+      "file": component + ext, "sha256": sha256(path), "bytes": artifact_bytes(path, files),
       "external_data": [{"file": os.path.basename(f), "bytes": os.path.getsize(f)}
-                        for f in data_files],
+                        for f in files[1:]],
       "memory_estimate_gb": round(estimate.peak_bytes / memory.GB, 2),
       "layout": "NHWC" if opts.nhwc else "NCHW",
       "inputs": _io_json(samples[0]),
@@ -318,8 +326,7 @@ def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> di
     calibration.save(data, shared)
     log(f"calibration: recorded {sum(len(v) for v in data.values())} inputs in "
         f"{time.perf_counter() - started:.0f} s")
-  shutil.copyfile(shared, os.path.join(folder, "calibration.npz.tmp"))
-  os.replace(os.path.join(folder, "calibration.npz.tmp"), os.path.join(folder, "calibration.npz"))
+  atomic.copy_file(shared, os.path.join(folder, "calibration.npz"))
   return data
 
 
@@ -361,6 +368,7 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
   settings = _settings(pipe, opts, latent_size)
   text_encoder = None
   calib = None
+  estimates: dict[str, memory.Estimate] = {}  # made before a calibration recording
   for component in opts.components:
     entry = manifest["components"].get(component)
     if not opts.force and _is_current(entry, folder, settings):
@@ -371,11 +379,12 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
       text_encoder = pipe.build("text_encoder", required=False)
     if opts.recipe in recipes.CALIBRATED and calib is None:
       # Recording is long work at full size: check first that every component will fit.
-      for name in opts.components:
-        _preflight(name, opts, pipe.build(name), latent_size)
+      estimates = {name: _preflight(name, opts, _estimate(opts, pipe.build(name), latent_size))
+                   for name in opts.components}
       calib = _calibration(pipe, opts, latent_size, folder)
     entry = export_component(pipe, component, opts, folder, latent_size, text_encoder,
-                             calib and calibration.batched(calib[component], opts.batch))
+                             calib and calibration.batched(calib[component], opts.batch),
+                             estimate=estimates.get(component))
     entry["settings"] = settings
     manifest["components"][component] = entry
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -421,8 +430,7 @@ def _export_child(conn, source: dict, opts: ExportOptions) -> None:
   except MemoryError:
     conn.send(("failed", "out of memory"))
   except Exception as e:  # noqa: BLE001 - a candidate's crash must not end the selection
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    conn.send(("failed", f"{type(e).__name__}: {first}"))
+    conn.send(("failed", f"{type(e).__name__}: {first_line(e)}"))
   finally:
     conn.close()
 

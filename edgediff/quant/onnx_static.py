@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import onnx
 
-from edgediff.export import runtimes
+from edgediff.export import onnx as onnx_lib, runtimes
 from edgediff.quant import fallback
 
 
@@ -65,8 +65,8 @@ def _unique_initializers(src: str, dst: str) -> None:
 
 
 def _needs_external_data(model) -> bool:
-  # A protobuf cannot exceed 2 GB: above that the model must keep its weights beside it.
-  return sum(len(i.raw_data) for i in model.graph.initializer) > 1_500_000_000
+  # A protobuf cannot exceed 2 GB: past export's own line, keep the weights beside it.
+  return sum(len(i.raw_data) for i in model.graph.initializer) > onnx_lib.EXTERNAL_DATA_BYTES
 
 def _quantize(fp32_path, path, calib, exclude, cache_path):
   """Calibrates (once: the ranges go to `cache_path` and later rounds reuse them) and writes
