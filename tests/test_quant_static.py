@@ -174,3 +174,58 @@ def test_too_few_calibration_prompts_is_a_clear_error(tmp_path):
     exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
   folder = tmp_path / "md-tiny" / "onnx" / "int8_static"
   assert not list(folder.glob("*.onnx"))
+
+
+def test_fallback_leaves_the_best_round_not_the_last():
+  # Rounds that keep more in float can come out worse (as the shapes UNet's round 4 did):
+  # the artifact left is the best round's, quantized again with that round's exclusions.
+  from edgediff.quant import fallback
+
+  rng = np.random.default_rng(0)
+  reference = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+  noise_by_round = {0: 1.0, 1: 0.05, 2: 0.5, 3: 0.8}  # by how many names are excluded
+  calls = []
+
+  def quantize(excluded):
+    calls.append(list(excluded))
+    noisy = reference + noise_by_round[len(excluded)] * rng.standard_normal(reference.shape)
+    return lambda feed: {"y": noisy.astype(np.float32)}
+
+  names = iter(["a", "b", "c", "d"])
+  thresholds = parity.Thresholds(psnr_db=99.0, cosine=0.999999)  # never passes
+  info = fallback.quantize_with_fallback(
+      quantize, lambda: {next(names): -1.0}, [{}], [reference], "y", thresholds, key="op")
+  assert info["rounds"] == fallback.MAX_ROUNDS and info["kept_round"] == 2
+  assert [h["float"] for h in info["history"]] == [0, 1, 2, 3]
+  best = max(info["history"], key=lambda h: h["psnr_db"])
+  assert best is info["history"][1]
+  assert calls[-1] == ["a"] and [e["op"] for e in info["fallback"]] == ["a"]
+
+
+def test_tflite_fallback_compares_each_tensor_with_its_float_value(tmp_path):
+  # The float model's intermediate tensors spilled to disk are the ones PyTorch computes;
+  # the float model compared with itself has no error, the int8 one a finite error on each
+  # quantized tensor.
+  import torch
+
+  from edgediff.export import tflite as tflite_lib
+  from edgediff.quant import tflite_static
+
+  torch.manual_seed(0)
+  model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+  path = str(tmp_path / "mlp.tflite")
+  tflite_lib.export_tflite(model, {"x": torch.zeros(1, 16)}, ("y",), path)
+  x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+  hidden = model[1](model[0](torch.from_numpy(x))).detach().numpy()
+  folder = tmp_path / "float"
+  folder.mkdir()
+  tensors = tflite_static._FloatTensors(path, [{"x": x}], str(folder))
+  stored = [np.load(f) for f in tensors.files[0].values()]
+  assert any(s.shape == hidden.shape and np.allclose(s, hidden, atol=1e-5) for s in stored)
+  assert tensors.snr(path) == {}
+  quantized = str(tmp_path / "q.tflite")
+  tflite_static._quantize(path, quantized, "int8_static", [{"x": x}], [], {})
+  snr = tensors.snr(quantized)
+  # int8 activations: each quantized tensor some 30-60 dB from float, none lost.
+  assert snr and all(np.isfinite(v) for v in snr.values())
+  assert 25 < min(snr.values()) < 70

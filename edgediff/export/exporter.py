@@ -251,6 +251,10 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     gc.collect()
     quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, samples, references,
                                          output_name, calib)
+    for i, r in enumerate((quant_info or {}).get("history", []), 1):
+      kept = " (kept)" if i == quant_info["kept_round"] else ""
+      log(f"[{component}] fallback round {i}: {r['float']} tensors in float, psnr "
+          f"{r['psnr_db']:.1f} dB, cosine {r['cosine']:.6f}{kept}")
     convert_s = time.perf_counter() - started
     log(f"[{component}] converted in {convert_s:.1f} s; running {PARITY_SAMPLES} samples in "
         f"{'onnxruntime' if opts.fmt == 'onnx' else 'ai_edge_litert'}")

@@ -45,26 +45,36 @@ def batched(feeds: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np
           for i in range(0, len(feeds) - batch + 1, batch)]
 
 
+def spread(feeds: list[dict[str, np.ndarray]], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+  """n of the recorded feeds, seeded; for the UNet spread over the recorded timesteps, from
+  the noisiest to the cleanest step of the trajectory (all of them when there are n or
+  fewer)."""
+  return [feeds[i] for i in _picks(feeds, n, seed)] if len(feeds) > n else list(feeds)
+
+
+def _picks(feeds: list[dict[str, np.ndarray]], n: int, seed: int) -> list[int]:
+  rng = np.random.default_rng(seed)
+  if "timestep" not in feeds[0]:
+    return [int(i) for i in rng.choice(len(feeds), n, replace=False)]
+  at = [float(f["timestep"].flat[0]) for f in feeds]
+  steps = sorted(set(at))
+  picks: list[int] = []
+  for k in np.linspace(0, len(steps) - 1, n).round().astype(int):
+    choices = [i for i, t in enumerate(at) if t == steps[k] and i not in picks]
+    picks.append(int(rng.choice(choices)))
+  return picks
+
+
 def held_out(feeds: list[dict[str, np.ndarray]], n: int,
              seed: int = 0) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-  """(n recorded feeds to gate on, the rest to calibrate with); seeded.
+  """(n recorded feeds to gate on, spread as by `spread`, the rest to calibrate with).
 
   A calibrated artifact is gated on inputs that the float pipeline really produced but that
-  calibration never saw. For the UNet they are spread over the recorded timesteps, from the
-  noisiest to the cleanest step of the trajectory.
+  calibration never saw.
   """
   if len(feeds) <= n:
     raise ValueError(f"{len(feeds)} recorded samples: too few to hold {n} out")
-  rng = np.random.default_rng(seed)
-  if "timestep" in feeds[0]:
-    at = [float(f["timestep"].flat[0]) for f in feeds]
-    steps = sorted(set(at))
-    picks: list[int] = []
-    for k in np.linspace(0, len(steps) - 1, n).round().astype(int):
-      choices = [i for i, t in enumerate(at) if t == steps[k] and i not in picks]
-      picks.append(int(rng.choice(choices)))
-  else:
-    picks = [int(i) for i in rng.choice(len(feeds), n, replace=False)]
+  picks = _picks(feeds, n, seed)
   kept = set(picks)
   return [feeds[i] for i in picks], [f for i, f in enumerate(feeds) if i not in kept]
 

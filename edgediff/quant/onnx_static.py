@@ -2,9 +2,9 @@
 
 onnxruntime.quantization calibrates activation ranges on the recorded diffusion data. When
 the result misses the parity gate, onnxruntime's qdq_loss_debug compares every quantized
-node's output with the float model's on the same inputs, and edgediff.quant.fallback keeps
-the nodes with the lowest signal-to-quantization-noise ratio in float, a few at a time. The
-fallback list, with each node's SQNR, goes into the manifest.
+node's output with the float model's on a calibration sample (the gate's stay held out), and
+edgediff.quant.fallback keeps the nodes with the lowest signal-to-quantization-noise ratio in
+float, a few at a time. The fallback list, with each node's SQNR, goes into the manifest.
 """
 
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from edgediff.export import onnx as onnx_lib, runtimes
-from edgediff.quant import fallback
+from edgediff.quant import calibration, fallback
 
 
 def _Reader(feeds):
@@ -67,6 +67,11 @@ def _unique_initializers(src: str, dst: str) -> None:
 def _needs_external_data(model) -> bool:
   # A protobuf cannot exceed 2 GB: past export's own line, keep the weights beside it.
   return sum(len(i.raw_data) for i in model.graph.initializer) > onnx_lib.EXTERNAL_DATA_BYTES
+
+# The fallback ranks nodes on this many calibration samples (the gate's stay held out):
+# qdq_loss_debug holds both models' every intermediate output for all of them in memory.
+SENSITIVITY_SAMPLES = 1
+
 
 def _quantize(fp32_path, path, calib, exclude, cache_path):
   """Calibrates (once: the ranges go to `cache_path` and later rounds reuse them) and writes
@@ -150,6 +155,7 @@ def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references
       _quantize(unique, path, calib, _with_consumers(graph, excluded), cache)
       return runtimes.onnx_runner(path)
 
+    ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
     return fallback.quantize_with_fallback(
-        quantize, lambda: _node_sqnr(unique, path, samples[:1]), samples, references, output,
+        quantize, lambda: _node_sqnr(unique, path, ranked_on), samples, references, output,
         thresholds, key="node")

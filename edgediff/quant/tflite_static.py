@@ -2,23 +2,25 @@
 
 The fp32 .tflite from litert-torch is calibrated on the recorded diffusion data (the same
 calibration.npz that feeds onnxruntime) and quantized with per-channel int8 weights and int8
-or int16 activations. When the result misses the parity gate, ai-edge-quantizer's validate
-compares every intermediate tensor of the quantized model with the float one on the same
-inputs, and edgediff.quant.fallback keeps the ops whose outputs have the lowest
-signal-to-noise ratio in float, a few at a time. The fallback list, with each op's SNR, goes
+or int16 activations. When the result misses the parity gate, every op output of the
+quantized model is compared with the float model's on a few calibration samples (not the
+gate's, which stay held out), and edgediff.quant.fallback keeps the ops that add the most
+error in float, a few at a time. The fallback list, with each op's SNR, goes
 into the manifest. Inputs and outputs stay float.
 """
 
 import contextlib
 import io
+import os
 import re
 import sys
+import tempfile
 
 import numpy as np
 
 from edgediff import atomic
 from edgediff.export import runtimes
-from edgediff.quant import aeq_workaround, fallback
+from edgediff.quant import aeq_workaround, calibration, fallback
 
 _SIGNATURE = "serving_default"  # litert-torch's one signature
 
@@ -110,7 +112,7 @@ def _calibrate(fp32_path: str, qt, calib) -> dict:
 
 
 def _quantize(fp32_path: str, path: str, recipe: str, calib, excluded: list[str],
-              calibrated: dict):
+              calibrated: dict) -> None:
   """Quantizes with `excluded` kept in float. Calibration runs once, on the first call
   (nothing excluded yet, so every tensor gets its range: the quantizer records ranges only
   for the ops it will quantize), and its result is kept in `calibrated`."""
@@ -119,50 +121,103 @@ def _quantize(fp32_path: str, path: str, recipe: str, calib, excluded: list[str]
     if "result" not in calibrated:
       calibrated["result"] = _calibrate(fp32_path, qt, calib)
     quantized = qt.quantize(calibrated["result"], enable_progress_report=False)
-  atomic.write_bytes(path, bytes(quantized.quantized_model))
-  return qt
+  del qt  # the float model and its unpacked form, before the file is written
+  atomic.write_bytes(path, quantized.quantized_model)
 
 
-def _tensor_snr(qt, feeds, peaks: dict[str, float]) -> dict[str, float]:
-  """SNR (dB) of each intermediate tensor of the quantized model against float.
-
-  ai-edge-quantizer's SNR is the power ratio mean(float^2) / mean((quantized - float)^2).
-  `peaks` is the float model's max |x| per tensor over `feeds` (_float_peaks).
-  """
-  from ai_edge_quantizer.utils import validation_utils
-
-  with contextlib.redirect_stdout(sys.stderr):
-    result = qt.validate({_SIGNATURE: feeds}, error_metrics=[
-        validation_utils.ValidationErrorMetric.SNR], num_threads=1)
-  tensors = result.get_signature_comparison_result(_SIGNATURE).intermediate_tensors
-  out = {}
-  for name, metrics in tensors.items():
-    value = metrics.get("snr")
-    if value is None or value == np.inf or peaks.get(name) == 0:
-      continue  # no error at all, or a tensor that is all zeros in float (0/0 is NaN)
-    # Otherwise NaN: both powers overflowed float32, as when a causal mask (float32's
-    # minimum) is added to attention scores; no int8 range holds both, and softmax then
-    # sees garbage. Such a tensor, like one whose signal is lost entirely (0), ranks first.
-    out[name] = 10 * float(np.log10(value)) if np.isfinite(value) and value > 0 else -np.inf
-  return out
+# The fallback ranks ops on this many calibration samples, spread over the trajectory like
+# the gate's (which are held out of both calibration and ranking). Each one costs a float
+# model's every intermediate tensor on disk: 3.8 GiB for md's UNet at 512 px.
+SENSITIVITY_SAMPLES = 2
 
 
-def _float_peaks(fp32_path: str, feeds: list[dict]) -> dict[str, float]:
-  """max |x| of every tensor of the float model over `feeds`."""
+def _preserving_interpreter(path: str):
+  """An interpreter that keeps every intermediate tensor, its model memory-mapped from
+  `path` (ai-edge-quantizer's loads a bytes copy of the whole model)."""
+  import warnings
+
   from ai_edge_litert import interpreter as litert
 
-  interp = litert.Interpreter(model_path=fp32_path, experimental_preserve_all_tensors=True)
-  run = interp.get_signature_runner()
-  peaks: dict[str, float] = {}
-  for f in feeds:
-    run(**f)
-    for d in interp.get_tensor_details():
-      try:
-        peak = float(np.abs(interp.get_tensor(d["index"])).max(initial=0))
-      except ValueError:  # a tensor with no data (e.g. an unused optional input)
-        continue
-      peaks[d["name"]] = max(peak, peaks.get(d["name"], 0.0))
-  return peaks
+  with warnings.catch_warnings():  # "intended for debugging": preserving is the point here
+    warnings.simplefilter("ignore", UserWarning)
+    return litert.Interpreter(model_path=path, num_threads=2,
+                              experimental_preserve_all_tensors=True)
+
+
+class _FloatTensors:
+  """Every op output of the float model on a few feeds, spilled to a folder on disk.
+
+  ai-edge-quantizer's validate runs the float and the quantized model side by side with every
+  intermediate tensor preserved, each interpreter loaded from a bytes copy of its model, and
+  builds the next pair before the last is freed: at full size that held four models and four
+  sets of activations at once (md's UNet: 21.3 GB). Here the float model runs once per export,
+  alone, and its tensors go to .npy files; each round then runs only the quantized model and
+  reads the float tensors back one at a time (memory-mapped).
+  """
+
+  def __init__(self, fp32_path: str, feeds: list[dict], folder: str):
+    names, ops = _graph(fp32_path)
+    produced = {names[i] for op in ops for i in op["outputs"] if names.get(i)}
+    interp = _preserving_interpreter(fp32_path)
+    run = interp.get_signature_runner()
+    inputs = {d["name"] for d in interp.get_input_details()}
+    # Constants (the weights) are compared too, once: a weight's own quantization error
+    # ranks the ops that read it.
+    self.constants: dict[str, str] = {}
+    self.files: list[dict[str, str]] = []
+    for s, feed in enumerate(feeds):
+      run(**feed)
+      self.files.append({})
+      for d in interp.get_tensor_details():
+        if d["dtype"] != np.float32 or not np.all(d["shape"]) or d["name"] in inputs:
+          continue
+        if d["name"] in produced:
+          kind, where = f"{s}-", self.files[s]
+        elif s == 0:
+          kind, where = "w-", self.constants
+        else:
+          continue
+        try:
+          data = interp.get_tensor(d["index"])
+        except ValueError:  # a tensor with no data (e.g. an unused optional input)
+          continue
+        where[d["name"]] = os.path.join(folder, f"{kind}{d['index']}.npy")
+        np.save(where[d["name"]], data)
+    self.feeds = feeds
+
+  def snr(self, path: str) -> dict[str, float]:
+    """SNR (dB) of each op output of the quantized model at `path` against float: the power
+    ratio sum(float^2) / sum((quantized - float)^2) over the feeds, as ai-edge-quantizer's
+    SNR metric per sample."""
+    from ai_edge_quantizer.utils import tfl_interpreter_utils
+
+    interp = _preserving_interpreter(path)
+    run = interp.get_signature_runner()
+    details = {d["name"]: d for d in interp.get_tensor_details()}
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    for s, (feed, files) in enumerate(zip(self.feeds, self.files)):
+      run(**feed)
+      for name, file in (files | self.constants if s == 0 else files).items():
+        if name not in details:  # folded away by the quantizer
+          continue
+        ref = np.load(file, mmap_mode="r")
+        got = tfl_interpreter_utils.get_tensor_data(interp, details[name])  # dequantized
+        if got.shape != ref.shape:
+          continue
+        signal[name] = signal.get(name, 0.0) + float(np.square(ref, dtype=np.float64).sum())
+        noise[name] = noise.get(name, 0.0) + float(
+            np.square(got.astype(np.float64) - ref).sum())
+    out = {}
+    for name, power in signal.items():
+      if noise[name] == 0 or power == 0:
+        continue  # no error at all, or a tensor that is all zeros in float
+      # Otherwise non-finite: the float tensor overflowed float32, as when a causal mask
+      # (float32's minimum) is added to attention scores; no int8 range holds both, and
+      # softmax then sees garbage. Such a tensor, like one whose signal is lost, ranks first.
+      ratio = power / noise[name]
+      out[name] = 10 * float(np.log10(ratio)) if np.isfinite(ratio) else -np.inf
+    return out
 
 
 def _local_snr(fp32_path: str, snr: dict[str, float]) -> dict[str, float]:
@@ -191,16 +246,19 @@ def _local_snr(fp32_path: str, snr: dict[str, float]) -> dict[str, float]:
 def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, samples, references,
                            output: str, thresholds) -> dict:
   """Writes `path`; returns {"fallback": [{tensor, snr_db}], "rounds": n}."""
-  last, calibrated = {}, {}
+  calibrated, reference = {}, {}
+  ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
 
   def quantize(excluded):
-    last["qt"] = _quantize(fp32_path, path, recipe, calib, excluded, calibrated)
+    _quantize(fp32_path, path, recipe, calib, excluded, calibrated)
     return runtimes.tflite_runner(path)
 
-  def sensitivity():
-    if "peaks" not in last:  # the float model's, the same every round
-      last["peaks"] = _float_peaks(fp32_path, samples)
-    return _local_snr(fp32_path, _tensor_snr(last["qt"], samples, last["peaks"]))
+  with tempfile.TemporaryDirectory(prefix=".tmp-float-", dir=os.path.dirname(path)) as folder:
 
-  return fallback.quantize_with_fallback(quantize, sensitivity, samples, references, output,
-                                         thresholds, key="tensor")
+    def sensitivity():
+      if "float" not in reference:  # the float model's, the same every round
+        reference["float"] = _FloatTensors(fp32_path, ranked_on, folder)
+      return _local_snr(fp32_path, reference["float"].snr(path))
+
+    return fallback.quantize_with_fallback(quantize, sensitivity, samples, references, output,
+                                           thresholds, key="tensor")
