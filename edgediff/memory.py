@@ -26,14 +26,15 @@ BASE_BYTES = 1.5 * GB  # Python, torch, litert-torch and onnxruntime imported
 CONVERT_FACTOR = {"tflite": 4.2, "onnx": 2.8}
 SLIM_FACTOR = 7.0
 # Calibrated recipes, on top of the module: ai-edge-quantizer keeps the float model, its
-# unpacked form and the quantized one, and every fallback round builds a new quantizer;
-# validate runs the float and the quantized model with every intermediate tensor preserved
-# (2 x activations). Fitted to the md UNet's TFLite int8_static export with 4 fallback
-# rounds: 21.3 GB peak for 1.45 GiB of weights and 3.8 GiB of activations per call.
-# onnxruntime's quantizer, calibration session and the qdq_loss_debug pair hold about 4
-# copies and two sets of intermediate outputs (not yet measured at full size).
-CALIBRATED_WEIGHT_COPIES = {"tflite": 7.5, "onnx": 4.0}
-CALIBRATED_ACTIVATION_SETS = 2.0
+# unpacked form and the quantized one; calibration runs one sample at a time and fallback
+# compares the float and quantized models one tensor at a time from a spill on disk
+# (quant/tflite_static.py), so about one call's activations are alive at once. Fitted to the
+# md UNet's TFLite int8_static export with 4 fallback rounds (1.45 GiB of weights, 3.8 GiB
+# of activations per call): 9.2 GB peak, estimated 10.9. onnxruntime's quantizer,
+# calibration session and the qdq_loss_debug pair hold about 4 copies (not yet measured at
+# full size, so left high).
+CALIBRATED_WEIGHT_COPIES = {"tflite": 3.5, "onnx": 4.0}
+CALIBRATED_ACTIVATION_SETS = 0.75
 # Without calibration, PyTorch frees each intermediate tensor after its last use and the
 # runtimes plan their activation memory with reuse: a fraction of one call's activations is
 # alive at once.
