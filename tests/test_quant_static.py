@@ -229,3 +229,35 @@ def test_tflite_fallback_compares_each_tensor_with_its_float_value(tmp_path):
   # int8 activations: each quantized tensor some 30-60 dB from float, none lost.
   assert snr and all(np.isfinite(v) for v in snr.values())
   assert 25 < min(snr.values()) < 70
+
+
+def test_onnx_static_rounds_leave_no_dead_external_data(tmp_path):
+  # Each fallback round rewrites the QDQ model; onnx appends external data to an existing
+  # file, so without clearing it the artifact grew by a model's weights per round.
+  import onnx
+  import torch
+
+  from edgediff.quant import onnx_static
+
+  conv = torch.nn.Conv2d(8, 16, 3, padding=1).eval()
+  x = torch.randn(1, 8, 6, 6)
+  fp32 = str(tmp_path / "fp32.onnx")
+  torch.onnx.export(conv, (x,), fp32, input_names=["x"], output_names=["y"], dynamo=False)
+  model = onnx.load(fp32)
+  onnx.save(model, fp32, save_as_external_data=True, location="fp32.onnx.data",
+            size_threshold=0)
+  calib = [{"x": np.random.default_rng(i).standard_normal((1, 8, 6, 6), np.float32)}
+           for i in range(2)]
+  path = str(tmp_path / "q.onnx")
+  sizes = []
+  for exclude in ([], []):
+    onnx_static._quantize(fp32, path, calib, exclude, str(tmp_path / "ranges.json"))
+    sizes.append(os.path.getsize(path + ".data"))
+  referenced = 0
+  for init in onnx.load(path, load_external_data=False).graph.initializer:
+    lengths = [int(e.value) for e in init.external_data if e.key == "length"]
+    offsets = [int(e.value) for e in init.external_data if e.key == "offset"]
+    if lengths:
+      referenced = max(referenced, offsets[0] + lengths[0])
+  assert sizes[0] == sizes[1], sizes
+  assert sizes[1] <= referenced + 4096 * len(model.graph.initializer), (sizes, referenced)
