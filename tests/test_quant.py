@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 
 from edgediff import cli, pipeline
@@ -85,3 +86,38 @@ def test_int8_picks_a_passing_recipe_and_says_why(tmp_path, capsys):
     assert ("calibration_samples" in row) == (recipe in recipes.CALIBRATED)
   on_disk = json.load(open(os.path.join(manifest["folder"], "manifest.json")))
   assert on_disk["int8_selection"]["chosen"] == selection["chosen"]
+
+
+def test_onnx_fp16_graph_is_valid_sorted_and_shares_one_cast(tmp_path):
+  # One fp16 tensor read by two ops that stay fp32 (Max and Min, as a full-size UNet's
+  # unsimplified shape arithmetic does): onnxruntime's converter gives each its own Cast,
+  # with one name and one output, and appends them after their readers.
+  import onnx
+  import onnxruntime
+  from onnx import TensorProto, helper
+
+  from edgediff.quant import recipes as recipes_lib
+
+  graph = helper.make_graph(
+      [helper.make_node("Mul", ["x", "x"], ["a"], name="mul"),
+       helper.make_node("Max", ["a", "x"], ["b"], name="max"),
+       helper.make_node("Min", ["a", "x"], ["c"], name="min"),
+       helper.make_node("Add", ["b", "c"], ["y"], name="add")],
+      "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+  fp32 = str(tmp_path / "fp32.onnx")
+  onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9),
+            fp32)
+  path = str(tmp_path / "fp16.onnx")
+  recipes_lib.quantize_onnx("fp16", fp32, path)
+  model = onnx.load(path)
+  onnx.checker.check_model(model, full_check=True)
+  names = [n.name for n in model.graph.node]
+  assert len(names) == len(set(names)), names
+  made = {"x"}
+  for node in model.graph.node:  # sorted: every input made before it is read
+    assert set(node.input) <= made, (node.name, node.input)
+    made.update(node.output)
+  x = np.array([-2.0, -0.5, 0.5, 3.0], np.float32)
+  y, = onnxruntime.InferenceSession(path).run(None, {"x": x})
+  np.testing.assert_allclose(y, np.maximum(x * x, x) + np.minimum(x * x, x), rtol=1e-3)

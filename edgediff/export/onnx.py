@@ -43,6 +43,15 @@ def export_onnx(module: nn.Module, feeds: dict[str, torch.Tensor], output_names,
     # onnxslim folds the exporter's shape arithmetic (fewer Reshape/Gemm chains).
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
       onnxslim.slim(path, path)  # prints a summary table: not for the user
+  else:
+    # The exporter's value_info (shapes of intermediate tensors, which onnxslim drops) goes
+    # stale under rewrites: onnxruntime's quantize_dynamic turns a Gemm into a MatMul with
+    # a transposed weight, then its shape inference refuses the old shapes ("Inferred
+    # shape and existing shape differ"). They are optional: runtimes infer them.
+    model = onnx.load(path, load_external_data=False)  # the weights stay where they are
+    del model.graph.value_info[:]
+    onnx.save(model, path)
+    del model
   onnx.checker.check_model(path, full_check=not external)
 
 

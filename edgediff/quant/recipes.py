@@ -64,11 +64,7 @@ def quantize_onnx(recipe: str, fp32_path: str, path: str) -> None:
   import onnx
 
   if recipe == "fp16":
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    # Float inputs and outputs: apps feed the same tensors whatever the recipe.
-    model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
-    onnx.save(model, path)
+    _onnx_fp16(fp32_path, path)
   elif recipe == "int8_dynamic":
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -81,3 +77,80 @@ def quantize_onnx(recipe: str, fp32_path: str, path: str) -> None:
     raise EdgediffError(f"recipe {recipe} is not available for onnx")
   if not os.path.isfile(path):
     raise EdgediffError(f"{path}: onnxruntime wrote no {recipe} model")
+
+
+def _onnx_fp16(fp32_path: str, path: str) -> None:
+  """onnxruntime's float16 conversion, with float inputs and outputs (apps feed the same
+  tensors whatever the recipe), made a valid graph again.
+
+  The converter puts a Cast before each fp32-only consumer of an fp16 tensor, naming it
+  after the tensor: a tensor that feeds two such consumers (the unsimplified graph of a
+  full-size UNet feeds shape arithmetic like Range and Max from one value) gets two Casts
+  with one name and one output, which onnxruntime refuses ("two nodes with same node
+  name"). They compute the same thing, so one is kept. The Casts are also appended at the
+  end of the node list, after their consumers, so the graph is sorted again.
+  """
+  import onnx
+  from onnxruntime.transformers.float16 import convert_float_to_float16
+
+  from edgediff.export import onnx as onnx_lib
+
+  model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
+  graph = model.graph
+  seen, kept = set(), []
+  for node in graph.node:
+    if node.op_type == "Cast":
+      key = node.SerializeToString()
+      if key in seen:
+        continue
+      seen.add(key)
+    kept.append(node)
+  sort_topologically(graph, kept)
+  weights = sum(len(init.raw_data) for init in graph.initializer)
+  external = weights > onnx_lib.EXTERNAL_DATA_BYTES
+  onnx.save(model, path, save_as_external_data=external,
+            location=os.path.basename(path) + ".data")
+  del model
+  onnx.checker.check_model(path, full_check=not external)
+
+
+def sort_topologically(graph, nodes) -> None:
+  """Replaces `graph`'s nodes with `nodes` in an order where every tensor is made before it
+  is read, keeping the given order wherever it already is (Kahn's algorithm, lowest index
+  first). Written here because onnx has no sort and onnxslim's graph surgeon rebuilds every
+  initializer to do one (a second copy of a full-size model's weights)."""
+  import heapq
+
+  def reads(node):  # the node's inputs, and what its subgraphs read from this scope
+    names = list(node.input)
+    for attr in node.attribute:
+      for sub in list(attr.g.node if attr.HasField("g") else []) + [
+          n for g in attr.graphs for n in g.node]:
+        names.extend(reads(sub))
+    return names
+
+  maker = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+  waiting = [0] * len(nodes)
+  readers = [[] for _ in nodes]
+  for i, node in enumerate(nodes):
+    for name in set(reads(node)):
+      if name in maker and maker[name] != i:
+        waiting[i] += 1
+        readers[maker[name]].append(i)
+  ready = [i for i, n in enumerate(waiting) if n == 0]
+  heapq.heapify(ready)
+  order = []
+  while ready:
+    i = heapq.heappop(ready)
+    order.append(nodes[i])
+    for j in readers[i]:
+      waiting[j] -= 1
+      if waiting[j] == 0:
+        heapq.heappush(ready, j)
+  if len(order) != len(nodes):
+    raise EdgediffError("the fp16 ONNX graph has a cycle: it cannot be sorted")
+  copies = [type(n)() for n in order]
+  for copy, node in zip(copies, order):
+    copy.CopyFrom(node)
+  del graph.node[:]
+  graph.node.extend(copies)
