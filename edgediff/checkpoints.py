@@ -1,9 +1,9 @@
 """Loading weights from local files: a .safetensors file or a diffusers-format folder.
 
 Never unpickles: safetensors, or torch.load(weights_only=True) for diffusers' .bin files.
-Names map by rule (see `_candidates`) and every tensor's shape is checked; a missing,
-truncated or corrupt file, a missing tensor or a wrong shape raises an EdgediffError that
-names the file and the tensor.
+Names map by rule (see `_candidates`) and every tensor's shape, dtype and finiteness is
+checked; a missing, empty, truncated or corrupt file, a missing tensor, a wrong shape,
+integer weights or NaN/Inf raise an EdgediffError that names the file and the tensor.
 """
 
 import dataclasses
@@ -53,28 +53,53 @@ class LazyTensors(Mapping):
     return len(self._names)
 
 
+def _is_safetensors(path: str) -> bool:
+  """Whether the file starts as safetensors do: a little-endian header length, then '{'."""
+  with open(path, "rb") as f:
+    head = f.read(9)
+  return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < (
+      os.path.getsize(path))
+
+
+def _refusal(e: Exception) -> str:
+  """What torch's weights-only loader found, without its advice to turn the check off."""
+  text = str(e)
+  if "WeightsUnpickler error:" in text:
+    detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+    if "Unsupported global" in detail:
+      return f"it holds pickled objects other than tensors ({detail}); they were not loaded"
+    return f"not a PyTorch weights file ({detail})"
+  return f"not a PyTorch weights file ({type(e).__name__}: {first_line(e)})"
+
+
 def read_tensors(path: str) -> Mapping[str, torch.Tensor]:
   """The tensors of a local .safetensors (or, weights-only, .bin/.pt) file, by name.
 
-  .safetensors files are read lazily (LazyTensors); .bin/.pt files are memory-mapped where
-  their format allows it (torch's zip format), so their tensors page in as they are used.
+  .safetensors files are read lazily (LazyTensors), whatever the file is named;
+  .bin/.pt files are memory-mapped where their format allows it (torch's zip format), so
+  their tensors page in as they are used.
   """
+  import warnings
+
   if not os.path.isfile(path):
     raise EdgediffError(f"{path}: no such checkpoint file")
+  if os.path.getsize(path) == 0:
+    raise EdgediffError(f"{path}: empty file, not a checkpoint")
   try:
-    if path.endswith(".safetensors"):
+    if path.endswith(".safetensors") or _is_safetensors(path):
       return LazyTensors(path)
-    try:
-      tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-      if "mmap" not in str(e):  # only the legacy (pre-zip) format cannot be mapped
-        raise
-      tensors = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal says enough
+      warnings.simplefilter("ignore", UserWarning)
+      try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      except RuntimeError as e:
+        if "mmap" not in str(e):  # only the legacy (pre-zip) format cannot be mapped
+          raise
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
   except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
     raise EdgediffError(f"{path}: truncated or corrupt checkpoint ({first_line(e)})") from None
   except Exception as e:  # pickle.UnpicklingError: the weights-only loader refused it
-    raise EdgediffError(f"{path}: not a weights file torch can read safely "
-                        f"({first_line(e)})") from None
+    raise EdgediffError(f"{path}: refused by torch's weights-only loader: {_refusal(e)}") from None
   if isinstance(tensors, Mapping) and "state_dict" in tensors and isinstance(
       tensors["state_dict"], Mapping):  # a training checkpoint wrapping its weights
     tensors = tensors["state_dict"]
@@ -134,6 +159,13 @@ def load_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: s
     if tuple(value.shape) != tuple(target.shape):
       raise EdgediffError(f"{source}: tensor {found!r} has shape {tuple(value.shape)}, "
                           f"the {component} expects {tuple(target.shape)}")
+    if target.is_floating_point() and not value.is_floating_point():
+      raise EdgediffError(f"{source}: tensor {found!r} is {str(value.dtype)[6:]}, the "
+                          f"{component} expects floating-point weights")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+      bad = "NaN" if bool(torch.isnan(value).any()) else "Inf"
+      raise EdgediffError(f"{source}: tensor {found!r} holds {bad}: the {component} would "
+                          f"compute nothing finite")
     state[name] = value.to(target.dtype)
   module.load_state_dict(state, strict=True, assign=True)
 
@@ -148,15 +180,27 @@ _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
                  "diffusion_pytorch_model.bin", "pytorch_model.bin")
 
 
+def _read_json(path: str) -> dict:
+  """A JSON object from `path`, or an EdgediffError naming the file and what is wrong."""
+  try:
+    with open(path, "rb") as f:
+      text = f.read().decode("utf-8")
+    config = json.loads(text)
+  except UnicodeDecodeError:
+    raise EdgediffError(f"{path}: not a UTF-8 text file, so not JSON") from None
+  except json.JSONDecodeError as e:
+    raise EdgediffError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(config, dict):
+    raise EdgediffError(f"{path}: holds a JSON {type(config).__name__}, not an object of "
+                        f"settings")
+  return config
+
+
 def _read_config(folder: str, sub: str) -> dict:
   path = os.path.join(folder, sub, "config.json")
   if not os.path.isfile(path):
     raise EdgediffError(f"{path}: missing (a diffusers folder needs {sub}/config.json)")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise EdgediffError(f"{path}: not valid JSON ({e})") from None
+  return _read_json(path)
 
 
 def _weights_file(folder: str, sub: str) -> str:
@@ -198,12 +242,26 @@ def diffusers_configs(folder: str) -> dict[str, tuple]:
   }
 
 
+def _subfolder(component: str) -> str:
+  return {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}[component]
+
+
+def build_diffusers_component(folder: str, component: str, configs: dict) -> nn.Module:
+  """The component built from its config.json on the meta device (no weights), or an
+  EdgediffError naming the config when its settings do not make a model."""
+  builder, config = configs[component]
+  try:
+    return build_empty(lambda: builder(config))
+  except (KeyError, ValueError, TypeError, AttributeError, AssertionError) as e:
+    what = f"unknown value {e.args[0]!r}" if isinstance(e, KeyError) else first_line(e)
+    raise EdgediffError(f"{os.path.join(folder, _subfolder(component), 'config.json')}: "
+                        f"does not build a {component}: {what}") from None
+
+
 def load_diffusers_component(folder: str, component: str) -> nn.Module:
   """Builds one component from a diffusers folder and loads its weights."""
-  builder, config = diffusers_configs(folder)[component]
-  sub = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}[component]
-  module = build_empty(lambda: builder(config))
-  load_weights(module, _weights_file(folder, sub), component)
+  module = build_diffusers_component(folder, component, diffusers_configs(folder))
+  load_weights(module, _weights_file(folder, _subfolder(component)), component)
   return module
 
 
@@ -217,8 +275,7 @@ def read_scheduler(folder: str) -> dict:
   path = os.path.join(folder, "scheduler", "scheduler_config.json")
   if not os.path.isfile(path):
     return {"prediction_type": "epsilon", "schedule": schedule.SD}
-  with open(path) as f:
-    config = json.load(f)
+  config = _read_json(path)
   try:
     return {"prediction_type": config.get("prediction_type", "epsilon"),
             "schedule": schedule.Schedule.from_diffusers(config)}

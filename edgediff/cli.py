@@ -20,6 +20,40 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
 
 
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+  return value
+
+
+def _finite_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not np.isfinite(value):
+    raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+  return value
+
+
+def _positive_float(text: str) -> float:
+  value = _finite_float(text)
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+  return value
+
+
+def _resolution(text: str) -> int:
+  value = _positive_int(text)
+  if value % 8:
+    raise argparse.ArgumentTypeError(f"{value} is not a multiple of 8 (the VAE's factor)")
+  return value
+
+
 def cmd_models(args) -> int:
   from edgediff import counting, specs
 
@@ -53,8 +87,6 @@ def cmd_export(args) -> int:
                                 weights=args.weights)
   latent_size = None
   if args.resolution:
-    if args.resolution % 8:
-      raise EdgediffError(f"--resolution {args.resolution} is not a multiple of 8")
     latent_size = args.resolution // 8
   recipe = "fp16" if args.fp16 else args.quant
   opts = exporter.ExportOptions(
@@ -63,8 +95,6 @@ def cmd_export(args) -> int:
       batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort,
       nhwc=args.nhwc, calib_prompts=_read_prompts(args.calib_prompts),
       max_memory_gb=args.max_memory)
-  if args.max_memory is not None and args.max_memory <= 0:
-    raise EdgediffError(f"--max-memory {args.max_memory}: give a budget in GB above 0")
   if args.int8:
     manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout)
   else:
@@ -99,10 +129,14 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
   if not path:
     return None
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       prompts = tuple(line.strip() for line in f if line.strip())
   except OSError as e:
     raise EdgediffError(f"{path}: cannot read prompts ({e.strerror})") from None
+  except UnicodeDecodeError:
+    raise EdgediffError(f"{path}: not a UTF-8 text file of prompts, one per line") from None
+  if any("\x00" in p for p in prompts):
+    raise EdgediffError(f"{path}: holds NUL bytes: not a text file of prompts")
   if not prompts:
     raise EdgediffError(f"{path}: no prompts in it")
   return prompts
@@ -172,6 +206,7 @@ def cmd_generate(args) -> int:
   from edgediff import pipeline
   from edgediff.export import exporter
 
+  atomic.check_file(args.out)
   if args.artifacts:
     if args.pipeline or args.from_diffusers or args.weights:
       raise EdgediffError("--artifacts brings its own pipeline: drop PIPELINE/--weights")
@@ -328,8 +363,16 @@ def cmd_train_demo(args) -> int:
   return 0
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse, with a bad argument reported in one line (its usage is under -h): the same
+  shape as every other refusal of edgediff's."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="edgediff", description="Mobile text-to-image diffusion models to ONNX and TFLite.")
   sub = parser.add_subparsers(dest="command", required=True)
 
@@ -349,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
   p.add_argument("--cfg", action="store_true",
                  help="batch 2 for classifier-free guidance (unconditional + conditional)")
-  p.add_argument("--resolution", type=int, help="image size in pixels (multiple of 8)")
+  p.add_argument("--resolution", type=_resolution, help="image size in pixels (multiple of 8)")
   p.add_argument("--ort", action="store_true", help="also write the .ort mobile format")
   p.add_argument("--nhwc", action="store_true",
                  help="TFLite: channel-last image and latent tensors (default NCHW, as PyTorch)")
@@ -362,10 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the int8 recipe that passes the gate fastest in this runtime")
   p.add_argument("--calib-prompts", metavar="FILE",
                  help="calibration prompts, one per line (default: the shipped set)")
-  p.add_argument("--max-memory", type=float, metavar="GB",
+  p.add_argument("--max-memory", type=_positive_float, metavar="GB",
                  help="refuse a component whose estimated peak memory exceeds this "
                       "(default: the RAM available when it starts)")
-  p.add_argument("--candidate-timeout", type=float, metavar="SECONDS",
+  p.add_argument("--candidate-timeout", type=_positive_float, metavar="SECONDS",
                  help="--int8: give up on a candidate recipe after this long")
   p.add_argument("--force", action="store_true", help="redo components already exported")
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -381,22 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
                  help="without --artifacts: the runtime (PyTorch)")
   p.add_argument("--from-diffusers", metavar="FOLDER", help="a local diffusers-format folder")
   p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
-  p.add_argument("--steps", type=int, default=8, help="DDIM steps (default 8)")
-  p.add_argument("--guidance", type=float, default=1.0,
+  p.add_argument("--steps", type=_positive_int, default=8, help="DDIM steps (default 8)")
+  p.add_argument("--guidance", type=_finite_float, default=1.0,
                  help="classifier-free guidance scale (1: off)")
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=cmd_generate)
 
   p = sub.add_parser("bench", help="host latency and memory of an export, per backend")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")
-  p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-  p.add_argument("--runs", type=int, default=20, help="timed runs after one warm-up")
-  p.add_argument("--steps", type=int, default=8, help="denoising steps for time per image")
+  p.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
+  p.add_argument("--runs", type=_positive_int, default=20, help="timed runs after one warm-up")
+  p.add_argument("--steps", type=_positive_int, default=8, help="denoising steps for time per image")
   p.add_argument("--guidance", action="store_true", help="time per image with guidance")
   p.add_argument("--ops", action="store_true",
                  help="op-level profiles: ORT's per-op times (ONNX) or the op mix and what "
                       "runs outside the XNNPACK delegate (TFLite)")
-  p.add_argument("--top-ops", type=int, default=8, help="ONNX ops to list with --ops")
+  p.add_argument("--top-ops", type=_positive_int, default=8, help="ONNX ops to list with --ops")
   p.add_argument("--results", default="bench_results.jsonl",
                  help="append results with the machine description (default: "
                       "bench_results.jsonl; '' to skip)")
@@ -414,9 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("pipeline", nargs="?", help="a shapes pipeline (default: shapes)")
   p.add_argument("--artifacts", metavar="DIR", help="an export folder instead of PyTorch")
   p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
-  p.add_argument("-n", "--n", type=int, default=200, help="images, one per caption (default 200)")
-  p.add_argument("--steps", type=int, default=8)
-  p.add_argument("--guidance", type=float, default=1.0)
+  p.add_argument("-n", "--n", type=_positive_int, default=200, help="images, one per caption (default 200)")
+  p.add_argument("--steps", type=_positive_int, default=8)
+  p.add_argument("--guidance", type=_finite_float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--grid", metavar="FILE.png", help="also write the images as one sheet")
   p.add_argument("--json", action="store_true")
@@ -427,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--compare", nargs="*", metavar="PIPELINE",
                  help="variants to measure beside it on the same prompts and seeds "
                       "(default for shapes: shapes-gelu shapes-softmax)")
-  p.add_argument("--top", type=int, default=8, help="worst layers to list (default 8)")
+  p.add_argument("--top", type=_positive_int, default=8, help="worst layers to list (default 8)")
   p.add_argument("--json", action="store_true")
   p.set_defaults(func=cmd_lint)
 
@@ -436,10 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="working folder: checkpoints, cached latents, logs and the weights")
   p.add_argument("--variant", default="swish-relu", choices=["swish-relu", "gelu_tanh", "softmax"],
                  help="the UNet variant (default: MobileDiffusion's swish FF + relu attention)")
-  p.add_argument("--steps", type=int, help="diffusion training steps (default 3600)")
+  p.add_argument("--steps", type=_positive_int, help="diffusion training steps (default 3600)")
   p.add_argument("--ae-steps", type=int,
                  help="autoencoder steps (default 2000; a quarter of --steps when that is given)")
-  p.add_argument("--batch", type=int, help="diffusion batch size (default 64)")
+  p.add_argument("--batch", type=_positive_int, help="diffusion batch size (default 64)")
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=cmd_train_demo)
 
@@ -449,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--e2e", action="store_true",
                  help="end to end: images from the same prompts and seeds against PyTorch fp32")
   p.add_argument("--prompts", metavar="FILE", help="--e2e: one prompt per line")
-  p.add_argument("--seeds", type=int, default=1, help="--e2e: seeds per prompt")
-  p.add_argument("--steps", type=int, default=8, help="--e2e: DDIM steps")
+  p.add_argument("--seeds", type=_positive_int, default=1, help="--e2e: seeds per prompt")
+  p.add_argument("--steps", type=_positive_int, default=8, help="--e2e: DDIM steps")
   p.add_argument("--report", metavar="FILE",
                  help="--e2e: write report.html (self-contained) and report.png beside it")
   p.set_defaults(func=cmd_parity)
@@ -458,11 +501,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  try:
+    args = build_parser().parse_args(argv)
+  except SystemExit as e:  # a bad argument (said in one line), or --help
+    return e.code
   try:
     return args.func(args)
   except EdgediffError as e:
     print(f"edgediff: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # a file system's refusal (full, read-only) that no check foresaw
+    if e.strerror is None:
+      raise
+    print(f"edgediff: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
     return 2
 
 

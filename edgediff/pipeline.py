@@ -50,6 +50,8 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
       raise EdgediffError("--from-diffusers takes no pipeline name and no --weights")
     folder = os.path.abspath(from_diffusers)
     configs = checkpoints.diffusers_configs(folder)  # fails early on a broken folder
+    for component in configs:  # on the meta device: no memory, a second or two at SD-1.5
+      checkpoints.build_diffusers_component(folder, component, configs)
     return Pipeline(
         name=os.path.basename(folder.rstrip("/")),
         build=lambda component, required=True: checkpoints.load_diffusers_component(

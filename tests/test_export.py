@@ -124,4 +124,4 @@ def test_cfg_batch_and_resolution(tmp_path, capsys):
   assert manifest["batch"] == 2 and manifest["latent_size"] == 8
   assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--resolution", "60",
                    "--out", str(tmp_path)]) == 2
-  assert "--resolution 60 is not a multiple of 8" in capsys.readouterr().err
+  assert "argument --resolution: 60 is not a multiple of 8" in capsys.readouterr().err

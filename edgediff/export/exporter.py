@@ -186,6 +186,38 @@ def _preflight(component: str, opts: ExportOptions, est: memory.Estimate) -> mem
   return est
 
 
+def _disk_bytes(opts: ExportOptions, est: memory.Estimate) -> int:
+  """Disk an export of a component writes at once, at most: the float model, the quantized
+  one beside it, the .ort copy, and for TFLite fallback the float model's op outputs on
+  the sensitivity samples; 5% and 256 KiB over for the golden files and headers."""
+  fp32 = est.weights_bytes
+  final = fp32 * tflite_lib.BYTES_PER_WEIGHT.get(opts.recipe, 1) // 4
+  need = fp32 + (final if opts.recipe != "fp32" else 0) + (final if opts.ort else 0)
+  if opts.fmt == "tflite" and opts.recipe in recipes.CALIBRATED:
+    need += tflite_static.SENSITIVITY_SAMPLES * est.activation_bytes
+  return int(need * 1.05) + 256 * 1024
+
+
+def _remove_stale(folder: str) -> None:
+  """Removes the .tmp-* folders of exports that were killed (their process is gone)."""
+  for name in os.listdir(folder):
+    if not name.startswith(".tmp-"):
+      continue
+    pid = name.rsplit("-", 1)[-1]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's process
+    return True
+  return True
+
+
 def _replace_into(tmp_dir: str, folder: str) -> None:
   # Data files first, the model file last: a reader never sees a model without its data.
   names = sorted(os.listdir(tmp_dir), key=lambda n: n.endswith(tuple(EXTENSIONS.values())))
@@ -230,6 +262,9 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     parity_inputs = "representative"
   estimate = _preflight(component, opts, estimate or _estimate(opts, module, latent_size))
   references = torch_outputs(module, samples)
+  if not all(np.isfinite(r).all() for r in references):
+    raise EdgediffError(f"{component}: PyTorch fp32's own output is not finite on the gate's "
+                        f"inputs (finite weights that overflow): there is nothing to match")
   # What the artifact takes and gives: the same tensors, channel-last with --nhwc.
   samples = [to_layout(f, opts.nhwc) for f in samples]
   references = [to_layout({output_name: r}, opts.nhwc)[output_name] for r in references]
@@ -240,6 +275,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
         module, args=[i for i, v in enumerate(samples[0].values()) if v.ndim == 4],
         outputs=[0] if references[0].ndim == 4 else [])
 
+  atomic.check_space(component, folder, _disk_bytes(opts, estimate))
   ext = EXTENSIONS[opts.fmt]
   tmp_dir = os.path.join(folder, f".tmp-{component}-{os.getpid()}")
   os.makedirs(tmp_dir, exist_ok=True)
@@ -268,6 +304,11 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     if opts.ort:
       ort_file = os.path.basename(onnx_lib.export_ort(tmp_path))
     _replace_into(tmp_dir, folder)
+  except OSError as e:
+    if not atomic.no_space(e):
+      raise
+    raise EdgediffError(f"{component}: no space left in {folder} ({e.strerror}): free "
+                        f"some or choose another --out; nothing of it was kept") from None
   finally:
     shutil.rmtree(tmp_dir, ignore_errors=True)  # whatever a failed or killed step left
   path = os.path.join(folder, component + ext)
@@ -345,6 +386,7 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
     raise EdgediffError("--nhwc changes the TFLite interface: use it with --fmt tflite")
   latent_size = opts.latent_size or pipe.latent_size
   folder = os.path.join(opts.out, pipe.name, opts.fmt, opts.recipe)
+  atomic.check_folder(opts.out)
   created, parent = [], folder
   while parent and not os.path.isdir(parent):
     created.append(parent)
@@ -369,26 +411,29 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
       "schedule": dataclasses.asdict(pipe.schedule),
       "components": dict(old.get("components", {})),
   }
+  _remove_stale(folder)
   settings = _settings(pipe, opts, latent_size)
+  todo = []
+  for component in opts.components:
+    if not opts.force and _is_current(manifest["components"].get(component), folder, settings):
+      log(f"[{component}] up to date in {folder}; skipped (--force to redo)")
+    else:
+      todo.append(component)
+  # Each export (and a calibration recording) is long work at full size: check first that
+  # every component will fit, so that a refusal comes before any of them, not after one.
+  estimates = {name: _preflight(name, opts, _estimate(opts, pipe.build(name), latent_size))
+               for name in todo}
   text_encoder = None
   calib = None
-  estimates: dict[str, memory.Estimate] = {}  # made before a calibration recording
-  for component in opts.components:
-    entry = manifest["components"].get(component)
-    if not opts.force and _is_current(entry, folder, settings):
-      log(f"[{component}] up to date in {folder}; skipped (--force to redo)")
-      continue
+  for component in todo:
     if component == "unet" and text_encoder is None:
       # Real text embeddings of real prompts for the UNet's inputs.
       text_encoder = pipe.build("text_encoder", required=False)
     if opts.recipe in recipes.CALIBRATED and calib is None:
-      # Recording is long work at full size: check first that every component will fit.
-      estimates = {name: _preflight(name, opts, _estimate(opts, pipe.build(name), latent_size))
-                   for name in opts.components}
       calib = _calibration(pipe, opts, latent_size, folder)
     entry = export_component(pipe, component, opts, folder, latent_size, text_encoder,
                              calib and calibration.batched(calib[component], opts.batch),
-                             estimate=estimates.get(component))
+                             estimate=estimates[component])
     entry["settings"] = settings
     manifest["components"][component] = entry
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -484,6 +529,7 @@ def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
   golden inputs, measured in this run; the chosen recipe's manifest records the candidates
   and the reason. Raises EdgediffError when no candidate produced an artifact.
   """
+  atomic.check_folder(opts.out)
   candidates = {}
   manifests = {}
   for recipe in recipes.int8_candidates(opts.fmt):
