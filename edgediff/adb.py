@@ -207,6 +207,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--log-dir", help="keep benchmark_model's raw output per component here")
 
 
+# Where the demo app (android_demo/app, package edgediff.demo) looks for an export: its own
+# external files folder, which adb can write and the app can read without permissions.
+APP_DIR = "/sdcard/Android/data/edgediff.demo/files/export"
+
+
+def export_files(folder: str) -> list[str]:
+  """What the app needs of a TFLite export: the manifest, each component's artifact (and
+  external data) and golden file, and the CLIP tokenizer's vocab.json and merges.txt."""
+  from edgediff.export import exporter
+  from edgediff.models.text_encoder import tokenizer_dir
+
+  manifest = exporter.read_manifest(folder)
+  if manifest is None:
+    raise EdgediffError(f"{folder}: no manifest.json; point it at an export folder such as "
+                        "out/<pipeline>/tflite/<recipe>")
+  if manifest.get("format") != "tflite":
+    raise EdgediffError(f"{folder}: a {manifest.get('format')} export; the app runs TFLite")
+  missing = {"text_encoder", "unet", "vae_decoder"} - set(manifest["components"])
+  if missing:
+    raise EdgediffError(f"{folder}: the export lacks {', '.join(sorted(missing))}; the app "
+                        "runs the whole pipeline")
+  names = [exporter.MANIFEST]
+  for entry in manifest["components"].values():
+    names += [entry["file"], *(d["file"] for d in entry.get("external_data", [])),
+              entry["golden"]]
+  files = [os.path.join(folder, n) for n in names]
+  files += [os.path.join(tokenizer_dir(), n) for n in ("vocab.json", "merges.txt")]
+  absent = [f for f in files if not os.path.isfile(f)]
+  if absent:
+    raise EdgediffError(f"{absent[0]}: listed by the manifest but missing")
+  return files
+
+
+def push_export(args) -> int:
+  """`edgediff adb-push`: an export where the demo app finds it."""
+  files = export_files(args.dir)
+  device = pick_device(find_adb(), args.serial)
+  device.shell(["mkdir", "-p", args.remote])
+  for path in files:
+    device.push(path, f"{args.remote}/{os.path.basename(path)}")
+    print(f"pushed {os.path.basename(path)}", file=sys.stderr)
+  print(f"{len(files)} files in {args.remote} on {device.serial}: open the edgediff app and "
+        "press Verify")
+  return 0
+
+
+def add_push_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("dir", help="a TFLite export folder (out/<pipeline>/tflite/<recipe>)")
+  p.add_argument("--serial", help="the device (default: the only one connected)")
+  p.add_argument("--remote", default=APP_DIR, help=f"where on the device (default {APP_DIR})")
+
+
 def run_and_report(args) -> int:
   """Runs, writes the results to args.out and prints them."""
   from edgediff import atomic

@@ -452,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
   adb.add_arguments(p)
   p.set_defaults(func=adb.run_and_report)
 
+  p = sub.add_parser("adb-push", help="push a TFLite export to a phone for the demo app")
+  adb.add_push_arguments(p)
+  p.set_defaults(func=adb.push_export)
+
   p = sub.add_parser("adherence",
                      help="shapes models: prompt adherence on held-out captions, by a checker")
   p.add_argument("pipeline", nargs="?", help="a shapes pipeline (default: shapes)")

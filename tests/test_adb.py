@@ -119,3 +119,36 @@ def test_script_in_android_demo_runs(tmp_path, capsys):
     sys.argv = argv
   assert exit_info.value.code == 2
   assert "no such benchmark_model binary" in capsys.readouterr().err
+
+
+def test_adb_push_sends_what_the_app_reads(tmp_path, monkeypatch, capsys):
+  import json
+
+  folder = str(tmp_path / "export")  # the files an export writes, as its manifest lists them
+  os.makedirs(folder)
+  components = {c: {"file": f"{c}.tflite", "golden": f"{c}_golden.npz"}
+                for c in ("text_encoder", "unet", "vae_decoder")}
+  with open(os.path.join(folder, "manifest.json"), "w") as f:
+    json.dump({"format": "tflite", "recipe": "fp32", "components": components}, f)
+  for entry in components.values():
+    for name in (entry["file"], entry["golden"]):
+      open(os.path.join(folder, name), "wb").close()
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  calls = tmp_path / "calls"
+  script = bin_dir / "adb"  # records its arguments; lists one device
+  script.write_text("#!/bin/sh\necho \"$@\" >> " + shlex.quote(str(calls)) + "\n"
+                    "[ \"$1\" = devices ] && printf 'List of devices attached\\nR58M device\\n'\n"
+                    "exit 0\n")
+  script.chmod(script.stat().st_mode | stat.S_IEXEC)
+  monkeypatch.setenv("PATH", str(bin_dir))
+  assert cli.main(["adb-push", folder]) == 0
+  pushed = [line.split()[4] for line in calls.read_text().splitlines() if " push " in line]
+  expected = {"manifest.json", "vocab.json", "merges.txt"} | {
+      f"{c}{ext}" for c in ("text_encoder", "unet", "vae_decoder")
+      for ext in (".tflite", "_golden.npz")}
+  assert {os.path.basename(p) for p in pushed} == expected
+  assert all(p.startswith(adb.APP_DIR + "/") for p in pushed)
+  os.remove(os.path.join(folder, "unet_golden.npz"))
+  assert cli.main(["adb-push", folder]) == 2
+  assert "unet_golden.npz: listed by the manifest but missing" in capsys.readouterr().err
