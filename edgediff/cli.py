@@ -195,9 +195,9 @@ def cmd_parity(args) -> int:
       print(f"edgediff: parity failed (golden) in {r['folder']}: {f}", file=sys.stderr)
     for f in r["fresh"]["failures"]:
       print(f"edgediff: parity failed (fresh inputs) in {r['folder']}: {f}", file=sys.stderr)
-    if not r["sha256_ok"]:
-      print(f"edgediff: {r['folder']}: {r['component']} differs from its manifest sha256",
-            file=sys.stderr)
+    for name in r["changed"]:
+      print(f"edgediff: {os.path.join(r['folder'], name)}: sha256 differs from the manifest's "
+            f"({r['component']}): not the file that passed the gate", file=sys.stderr)
   return 0 if all(r["passed"] for r in results) else 1
 
 

@@ -44,7 +44,49 @@ def test_broken_artifact_fails_parity(md_tiny_onnx, tmp_path, capsys):
   onnx.save(model, path)
   assert cli.main(["parity", folder]) == 1
   err = capsys.readouterr().err
-  assert "unet: psnr_db" in err and "differs from its manifest sha256" in err
+  assert "unet: psnr_db" in err and f"{path}: sha256 differs from the manifest's" in err
+
+
+def test_a_changed_file_fails_parity_even_when_it_computes_the_same(md_tiny_onnx, tmp_path,
+                                                                     capsys):
+  _, src = md_tiny_onnx
+  folder = str(tmp_path / "changed")
+  shutil.copytree(src, folder)
+  path = os.path.join(folder, "vae_decoder.onnx")
+  model = onnx.load(path)
+  model.doc_string = "not the file that was gated"
+  onnx.save(model, path)
+  assert cli.main(["parity", folder]) == 1
+  err = capsys.readouterr().err
+  assert f"{path}: sha256 differs from the manifest's (vae_decoder)" in err
+  assert "psnr" not in err  # it still computes what it did
+
+
+def test_rerun_redoes_what_changed_weights_or_options_change(md_tiny_onnx, tmp_path, capsys):
+  from edgediff import checkpoints
+
+  out_dir, src = md_tiny_onnx
+  out = str(tmp_path / "out")
+  shutil.copytree(out_dir, out)
+  # --ort is an option the first export did not have: the re-run writes the .ort file.
+  assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder",
+                   "--ort", "--out", out]) == 0
+  assert os.path.isfile(os.path.join(out, "md-tiny", "onnx", "fp32", "vae_decoder.ort"))
+  # The same weights file with other values: not up to date, whatever its path says.
+  module = pipeline.open_pipeline("md-tiny").build("vae_decoder")
+  weights = str(tmp_path / "w.safetensors")
+  checkpoints.write_tensors({f"vae_decoder.{k}": v for k, v in module.state_dict().items()},
+                            weights)
+  argv = ["export", "md-tiny", "--weights", weights, "--fmt", "onnx", "--component",
+          "vae_decoder", "--out", out]
+  assert cli.main(argv) == 0
+  capsys.readouterr()
+  assert cli.main(argv) == 0
+  assert "up to date" in capsys.readouterr().err
+  checkpoints.write_tensors({f"vae_decoder.{k}": v * 1.01 for k, v in
+                             module.state_dict().items()}, weights)
+  assert cli.main(argv) == 0
+  assert "up to date" not in capsys.readouterr().err
 
 
 def test_diffusers_folder_exports(tmp_path):

@@ -2,7 +2,8 @@
 
 Two checks per component: the golden file through the runtime against its stored PyTorch
 outputs, and fresh inputs (another seed) through the runtime against PyTorch rebuilt from
-the manifest's source. A file whose sha256 no longer matches the manifest is reported too.
+the manifest's source. An artifact or golden file whose sha256 no longer matches the
+manifest fails the check, naming the file.
 """
 
 import os
@@ -49,10 +50,13 @@ def check_folder(folder: str) -> list[dict]:
                   for r in exporter.torch_outputs(module, samples)]
     actuals = [runner(exporter.to_layout(f, nhwc))[output] for f in samples]
     fresh_report = parity.compare(component, references, actuals, thresholds)
+    changed = [f for f, digest in ((entry["file"], entry["sha256"]),
+                                   (entry["golden"], entry.get("golden_sha256")))
+               if digest and exporter.sha256(os.path.join(folder, f)) != digest]
+    # An artifact that is not the one gated fails, whatever it computes now.
     results.append({
-        "folder": folder, "component": component,
-        "sha256_ok": exporter.sha256(path) == entry["sha256"],
-        "golden": golden_report.to_json(), "fresh": fresh_report.to_json(),
-        "passed": golden_report.passed and fresh_report.passed,
+        "folder": folder, "component": component, "sha256_ok": not changed,
+        "changed": changed, "golden": golden_report.to_json(), "fresh": fresh_report.to_json(),
+        "passed": golden_report.passed and fresh_report.passed and not changed,
     })
   return results

@@ -80,8 +80,19 @@ def read_manifest(folder: str) -> dict | None:
 
 
 def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
-  return {"source": pipe.source, "batch": opts.batch, "latent_size": latent_size,
-          "nhwc": opts.nhwc, "calib_prompts": opts.calib_prompts and list(opts.calib_prompts)}
+  """Everything that changes what an export writes: a component is skipped on a re-run only
+  when all of it is the same. The weights count by content (a path names a file, not what
+  it holds now)."""
+  return {"source": pipe.source, "weights_sha256": _weights_digests(pipe.source),
+          "edgediff": edgediff.__version__, "recipe": opts.recipe,
+          "thresholds": dataclasses.asdict(parity.THRESHOLDS[opts.recipe]),
+          "batch": opts.batch, "latent_size": latent_size, "nhwc": opts.nhwc, "ort": opts.ort,
+          "calib_prompts": opts.calib_prompts and list(opts.calib_prompts)}
+
+
+def _weights_digests(source: dict) -> list:
+  """[path, sha256] of each weights file a source reads (none for seeded zoo weights)."""
+  return [[path, sha256(path)] for path, _, _ in _source_stamp(source)]
 
 
 def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
@@ -92,6 +103,11 @@ def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
     data_path = os.path.join(folder, data["file"])
     if not os.path.isfile(data_path) or os.path.getsize(data_path) != data["bytes"]:
       return False
+  golden = os.path.join(folder, entry["golden"])
+  if not os.path.isfile(golden) or sha256(golden) != entry.get("golden_sha256"):
+    return False
+  if entry.get("ort") and not os.path.isfile(os.path.join(folder, entry["ort"])):
+    return False
   return os.path.isfile(path) and sha256(path) == entry["sha256"]
 
 
@@ -325,7 +341,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       "layout": "NHWC" if opts.nhwc else "NCHW",
       "inputs": _io_json(samples[0]),
       "outputs": _io_json({output_name: references[0]}),
-      "golden": golden, "ort": ort_file, "parity": report.to_json(), "passed": report.passed,
+      "golden": golden, "golden_sha256": sha256(os.path.join(folder, golden)),
+      "ort": ort_file, "parity": report.to_json(), "passed": report.passed,
       "parity_inputs": parity_inputs,
       "export_seconds": round(convert_s, 2), "quantization": quant_info,
   }
