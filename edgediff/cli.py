@@ -156,11 +156,12 @@ def cmd_parity_e2e(args) -> int:
     print(json.dumps(summaries, indent=1))
   else:
     rows = [{"format": s["format"], "recipe": s["recipe"],
-             "image_psnr_db": f"{s['mean_psnr_db']:.2f}", "ssim": f"{s['mean_ssim']:.4f}",
+             "image_psnr_db": f"{s['mean_psnr_db']:.2f}",
+             "worst_psnr_db": f"{s['worst_psnr_db']:.2f}", "ssim": f"{s['mean_ssim']:.4f}",
              "threshold_db": s["threshold_db"], "parity": "pass" if s["passed"] else "FAIL",
              "folder": s["folder"]} for s in summaries]
-    _print_table(rows, ["format", "recipe", "image_psnr_db", "ssim", "threshold_db", "parity",
-                        "folder"])
+    _print_table(rows, ["format", "recipe", "image_psnr_db", "worst_psnr_db", "ssim",
+                        "threshold_db", "parity", "folder"])
     agree = e2e.runtimes_agree(results)
     if agree:
       print("\nruntimes against each other (mean image PSNR, dB):")

@@ -62,12 +62,21 @@ def test_prediction_types_recover_x0():
     np.testing.assert_allclose(got_eps, eps, atol=1e-9)
 
 
+def test_e2e_gate_holds_the_worst_prompt_to_the_threshold_too():
+  assert e2e.verdict([40.0, 41.0, 39.0], 30.0)["passed"]
+  broken = e2e.verdict([50.0, 50.0, 50.0, 24.8], 30.0)  # mean 43.7 dB: one image is broken
+  assert broken["mean_psnr_db"] > 30.0 and not broken["passed"]
+  assert broken["worst_psnr_db"] == 24.8
+  assert not e2e.verdict([29.0, 29.5], 30.0)["passed"]
+
+
 @pytest.mark.parametrize("fmt,recipe", EXPORTS)
 def test_end_to_end_images_agree(out_dir, fmt, recipe):
   folder = os.path.join(out_dir, "md-tiny", fmt, recipe)
   result = e2e.run(folder, ["a red circle", "a blue square"], seeds=1, steps=4)
   assert result["passed"], e2e.summary(result)
   assert result["mean_psnr_db"] >= e2e.E2E_PSNR_DB[recipe]
+  assert result["worst_psnr_db"] >= e2e.E2E_PSNR_DB[recipe]
   for case in result["cases"]:
     assert len(case.drift_db) == 4  # one point per step
     assert case.image.shape == (3, 128, 128)

@@ -1,8 +1,8 @@
 """End-to-end parity: the same prompts and seeds through PyTorch fp32 and an export.
 
 Per prompt and seed: image PSNR and SSIM (scikit-image) against PyTorch fp32, and the
-latent drift curve (latent PSNR after each denoising step). Thresholds on the mean image
-PSNR per recipe. The report (PNG sheet, and an HTML page embedding it with the table) shows
+latent drift curve (latent PSNR after each denoising step). A threshold per recipe that the
+mean image PSNR and the worst prompt's must both clear. The report (PNG sheet, and an HTML page embedding it with the table) shows
 the fp32 image beside the exported one, an error heat map and the drift curve.
 """
 
@@ -18,7 +18,10 @@ from edgediff import generate as gen
 from edgediff import pipeline as pipeline_lib
 from edgediff.export import exporter, parity
 
-# Minimum mean image PSNR (dB) against PyTorch fp32, per recipe.
+# Minimum image PSNR (dB) against PyTorch fp32, per recipe, of the mean over prompts and
+# of the worst prompt: a mean can hide one visibly broken image (the shapes model's TFLite
+# int8_static had a 32.0 dB mean over 32 prompts with its worst at 24.8 dB, noise on a flat
+# background that the mean called a pass).
 E2E_PSNR_DB = {"fp32": 60.0, "fp16": 40.0, "int8_weight_only": 35.0, "int8_dynamic": 35.0,
                "w8a16": 35.0, "int8_static": 30.0}
 
@@ -58,11 +61,10 @@ def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
           float(structural_similarity(ref.image, got.image, channel_axis=0, data_range=1.0)),
           [parity.psnr_db(r, g) for r, g in zip(ref.latents, got.latents)],
           ref.image, got.image))
-  mean_psnr = float(np.mean([c.psnr_db for c in cases]))
   threshold = E2E_PSNR_DB[manifest["recipe"]]
   result = {"folder": folder, "format": manifest["format"], "recipe": manifest["recipe"],
-            "mean_psnr_db": mean_psnr, "mean_ssim": float(np.mean([c.ssim for c in cases])),
-            "threshold_db": threshold, "passed": mean_psnr >= threshold, "cases": cases}
+            **verdict([c.psnr_db for c in cases], threshold),
+            "mean_ssim": float(np.mean([c.ssim for c in cases])), "cases": cases}
   if not result["passed"] and attribute:
     worst = sorted(cases, key=lambda c: c.psnr_db)[:attribute]
     by_component = {}
@@ -83,6 +85,14 @@ def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
   return result
 
 
+def verdict(psnrs: list[float], threshold: float) -> dict:
+  """The end-to-end gate over the images' PSNRs: the mean and the worst must both clear
+  `threshold`."""
+  mean, worst = float(np.mean(psnrs)), float(min(psnrs))
+  return {"mean_psnr_db": mean, "worst_psnr_db": worst, "threshold_db": threshold,
+          "passed": mean >= threshold and worst >= threshold}
+
+
 def summary(result: dict) -> dict:
   """The JSON-able part of a result (no images)."""
   out = {k: v for k, v in result.items() if k != "cases"}
@@ -91,15 +101,17 @@ def summary(result: dict) -> dict:
   if not result["passed"]:
     worst = min(result["cases"], key=lambda c: c.psnr_db)
     drops = np.diff([min(d, 200.0) for d in worst.drift_db])
-    out["shortfall_db"] = result["threshold_db"] - result["mean_psnr_db"]
+    out["shortfall_db"] = result["threshold_db"] - min(result["mean_psnr_db"],
+                                                       result["worst_psnr_db"])
     out["drift_grows_most_at_step"] = int(np.argmin(drops)) + 2 if len(drops) else 1
   return out
 
 
 def explain(s: dict) -> str:
   """One line on an export below its threshold: by how much, where, and what dominates."""
-  text = (f"mean image PSNR {s['mean_psnr_db']:.2f} dB < {s['threshold_db']} (short by "
-          f"{s['shortfall_db']:.2f} dB); latent drift grows most at step "
+  text = (f"image PSNR mean {s['mean_psnr_db']:.2f} dB, worst prompt {s['worst_psnr_db']:.2f} "
+          f"dB, below {s['threshold_db']} (short by {s['shortfall_db']:.2f} dB); latent drift "
+          f"grows most at step "
           f"{s['drift_grows_most_at_step']}")
   if "component_psnr_db" in s:
     swaps = ", ".join(f"{c} {v:.1f} dB" for c, v in s["component_psnr_db"].items())
@@ -181,7 +193,8 @@ def write_report(results: list[dict], png_path: str, html_path: str | None = Non
   if html_path:
     table = "".join(
         f"<tr><td>{html.escape(r['format'])}</td><td>{html.escape(r['recipe'])}</td>"
-        f"<td>{r['mean_psnr_db']:.2f}</td><td>{r['mean_ssim']:.4f}</td>"
+        f"<td>{r['mean_psnr_db']:.2f}</td><td>{r['worst_psnr_db']:.2f}</td>"
+        f"<td>{r['mean_ssim']:.4f}</td>"
         f"<td>{r['threshold_db']}</td><td>{'pass' if r['passed'] else 'FAIL'}</td></tr>"
         for r in results)
     agree = runtimes_agree(results)
@@ -196,7 +209,8 @@ def write_report(results: list[dict], png_path: str, html_path: str | None = Non
     page = (
         "<!doctype html><meta charset='utf-8'><title>edgediff end-to-end parity</title>"
         "<h1>End-to-end parity against PyTorch fp32</h1><table border=1 cellpadding=4>"
-        "<tr><th>format</th><th>recipe</th><th>mean image PSNR (dB)</th><th>mean SSIM</th>"
+        "<tr><th>format</th><th>recipe</th><th>mean image PSNR (dB)</th>"
+        "<th>worst prompt (dB)</th><th>mean SSIM</th>"
         f"<th>threshold (dB)</th><th>gate</th></tr>{table}</table>"
         + (f"<h2>Below threshold</h2><ul>{notes}</ul>" if notes else "")
         + f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>")
