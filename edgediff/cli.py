@@ -6,6 +6,7 @@ import io
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -376,13 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(
       prog="edgediff", description="Mobile text-to-image diffusion models to ONNX and TFLite.")
   sub = parser.add_subparsers(dest="command", required=True)
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("-v", "--verbose", action="store_true",
+                      help="show the libraries' own output (conversion stages, warnings)")
 
-  p = sub.add_parser("models", help="list the model zoo: parameters, MACs, input shapes")
+  p = sub.add_parser("models", parents=[common], help="list the model zoo: parameters, MACs, input shapes")
   p.add_argument("--json", action="store_true", help="print a JSON list")
   p.add_argument("--tiny", action="store_true", help="the tiny test configs instead")
   p.set_defaults(func=cmd_models)
 
-  p = sub.add_parser("export", help="export a pipeline to ONNX or TFLite, with a parity gate")
+  p = sub.add_parser("export", parents=[common], help="export a pipeline to ONNX or TFLite, with a parity gate")
   p.add_argument("pipeline", nargs="?", help="a pipeline spec (md, md-lite, md-tiny, ...); "
                  "default: the shipped default model")
   p.add_argument("--fmt", required=True, choices=["onnx", "tflite"])
@@ -415,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
   p.set_defaults(func=cmd_export)
 
-  p = sub.add_parser("generate", help="text to image, in PyTorch or through exported artifacts")
+  p = sub.add_parser("generate", parents=[common], help="text to image, in PyTorch or through exported artifacts")
   p.add_argument("pipeline", nargs="?", help="a pipeline spec (default: the shipped default)")
   p.add_argument("--prompt", required=True)
   p.add_argument("--out", required=True, help="the PNG to write")
@@ -431,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=cmd_generate)
 
-  p = sub.add_parser("bench", help="host latency and memory of an export, per backend")
+  p = sub.add_parser("bench", parents=[common], help="host latency and memory of an export, per backend")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")
   p.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
   p.add_argument("--runs", type=_positive_int, default=20, help="timed runs after one warm-up")
@@ -449,11 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
 
   from edgediff import adb
 
-  p = sub.add_parser("adb-bench", help="TFLite benchmark_model on an Android phone over ADB")
+  p = sub.add_parser("adb-bench", parents=[common], help="TFLite benchmark_model on an Android phone over ADB")
   adb.add_arguments(p)
   p.set_defaults(func=adb.run_and_report)
 
-  p = sub.add_parser("adb-push", help="push a TFLite export to a phone for the demo app")
+  p = sub.add_parser("adb-push", parents=[common], help="push a TFLite export to a phone for the demo app")
   adb.add_push_arguments(p)
   p.set_defaults(func=adb.push_export)
 
@@ -470,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.set_defaults(func=cmd_adherence)
 
-  p = sub.add_parser("lint", help="per-layer fp16 and int8 hazards, measured on sampling data")
+  p = sub.add_parser("lint", parents=[common], help="per-layer fp16 and int8 hazards, measured on sampling data")
   p.add_argument("pipeline", nargs="?", help="a pipeline (default: the shipped default)")
   p.add_argument("--compare", nargs="*", metavar="PIPELINE",
                  help="variants to measure beside it on the same prompts and seeds "
@@ -479,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.set_defaults(func=cmd_lint)
 
-  p = sub.add_parser("train-demo", help="train the shapes model (the default pipeline) on CPU")
+  p = sub.add_parser("train-demo", parents=[common], help="train the shapes model (the default pipeline) on CPU")
   p.add_argument("--out", default="runs/shapes",
                  help="working folder: checkpoints, cached latents, logs and the weights")
   p.add_argument("--variant", default="swish-relu", choices=["swish-relu", "gelu_tanh", "softmax"],
@@ -491,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=cmd_train_demo)
 
-  p = sub.add_parser("parity", help="re-run the parity gate on an exported folder")
+  p = sub.add_parser("parity", parents=[common], help="re-run the parity gate on an exported folder")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")
   p.add_argument("--json", action="store_true")
   p.add_argument("--e2e", action="store_true",
@@ -505,11 +509,28 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _quiet_libraries() -> None:
+  """The libraries' own chatter off (-v keeps it): litert-torch's stage log, TensorFlow's
+  C++ log, and the Python warnings that torch, litert-torch and onnxscript give on every
+  conversion. Set in the environment too, so that --int8's candidate processes inherit it.
+  edgediff's own lines and every error still reach stderr."""
+  os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  kinds = (FutureWarning, DeprecationWarning, UserWarning)
+  os.environ.setdefault("PYTHONWARNINGS", ",".join(f"ignore::{k.__name__}" for k in kinds))
+  for kind in kinds:
+    warnings.simplefilter("ignore", kind)
+
+
 def main(argv: list[str] | None = None) -> int:
   try:
     args = build_parser().parse_args(argv)
   except SystemExit as e:  # a bad argument (said in one line), or --help
     return e.code
+  if args.verbose:
+    os.environ["EDGEDIFF_VERBOSE"] = "1"  # exporter.VERBOSE_ENV, without importing it here
+  else:
+    _quiet_libraries()
   try:
     return args.func(args)
   except EdgediffError as e:

@@ -167,3 +167,16 @@ def test_cfg_batch_and_resolution(tmp_path, capsys):
   assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--resolution", "60",
                    "--out", str(tmp_path)]) == 2
   assert "argument --resolution: 60 is not a multiple of 8" in capsys.readouterr().err
+
+
+def test_quiet_by_default_and_the_libraries_under_v(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("EDGEDIFF_VERBOSE", "0")  # restored after: -v sets it for the process
+  argv = ["export", "--fmt", "tflite", "--quant", "int8_dynamic", "--component",
+          "text_encoder", "--force", "--out", str(tmp_path)]
+  assert cli.main(argv) == 0
+  quiet = capsys.readouterr()
+  lines = quiet.err.strip().splitlines()
+  assert len(lines) == 3 and all(line.startswith("[text_encoder] ") for line in lines), lines
+  assert cli.main(["export", "-v", *argv[1:]]) == 0
+  verbose = capsys.readouterr()
+  assert "Quantized model size" in verbose.out + verbose.err  # ai-edge-quantizer's report

@@ -7,10 +7,12 @@ skips a component whose artifact matches a passing manifest entry made with the 
 settings, unless forced.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import gc
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -55,6 +57,26 @@ class ExportOptions:
 
 def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
+
+
+VERBOSE_ENV = "EDGEDIFF_VERBOSE"  # set by `edgediff -v`; inherited by --int8's candidates
+
+
+@contextlib.contextmanager
+def libraries_quiet():
+  """The converters' and quantizers' own Python output (ai-edge-quantizer's progress bars and
+  size report, litert-torch's and onnxruntime's prints) held back unless -v. It is given on
+  stderr when the step raises, so that the error keeps its context."""
+  if os.environ.get(VERBOSE_ENV) == "1":
+    yield
+    return
+  held = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
+      yield
+  except BaseException:
+    sys.stderr.write(held.getvalue()[-4000:])
+    raise
 
 
 def sha256(path: str) -> str:
@@ -298,11 +320,12 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   tmp_path = os.path.join(tmp_dir, component + ext)
   log(f"[{component}] converting to {opts.fmt} ({opts.recipe}) ...")
   try:
-    fp32_path = _write_float(opts, module, samples, output_name, tmp_path)
-    del module  # the quantizers read the fp32 file: the module's weights are not needed
-    gc.collect()
-    quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, samples, references,
-                                         output_name, calib)
+    with libraries_quiet():
+      fp32_path = _write_float(opts, module, samples, output_name, tmp_path)
+      del module  # the quantizers read the fp32 file: the module's weights are not needed
+      gc.collect()
+      quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, samples, references,
+                                           output_name, calib)
     for i, r in enumerate((quant_info or {}).get("history", []), 1):
       kept = " (kept)" if i == quant_info["kept_round"] else ""
       log(f"[{component}] fallback round {i}: {r['float']} tensors in float, psnr "
