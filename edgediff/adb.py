@@ -107,9 +107,30 @@ def find_adb() -> str:
   return adb
 
 
+def parse_devices(listing: str) -> dict[str, str]:
+  """{serial: state} from `adb devices`: the lines after its header, without the daemon's
+  own "* daemon ..." lines; a state may be several words ("no permissions (...)")."""
+  lines = listing.splitlines()
+  start = next((i + 1 for i, line in enumerate(lines) if line.startswith("List of devices")), 0)
+  states = {}
+  for line in lines[start:]:
+    if not line.strip() or line.startswith("*"):
+      continue
+    serial, _, state = line.strip().partition("\t") if "\t" in line else line.strip().partition(" ")
+    states[serial.strip()] = state.strip()
+  return states
+
+
 def pick_device(adb: str, serial: str | None) -> Device:
-  listing = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=60).stdout
-  states = dict(line.split()[:2] for line in listing.splitlines()[1:] if len(line.split()) >= 2)
+  try:
+    done = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=60)
+  except subprocess.TimeoutExpired:
+    raise EdgediffError("adb devices did not answer in 60 s: restart the server (adb "
+                        "kill-server) and reconnect the phone") from None
+  if done.returncode != 0:
+    raise EdgediffError(f"adb devices failed (exit {done.returncode}): "
+                        f"{(done.stderr or done.stdout).strip()[-300:]}")
+  states = parse_devices(done.stdout)
   if serial and serial not in states:
     raise EdgediffError(f"device {serial} is not connected (adb devices lists "
                         f"{', '.join(states) or 'no device'})")
@@ -125,6 +146,9 @@ def pick_device(adb: str, serial: str | None) -> Device:
   if state == "unauthorized":
     raise EdgediffError(f"device {serial} is unauthorized: accept the USB debugging prompt "
                         "on the phone")
+  if state.startswith("no permissions"):
+    raise EdgediffError(f"device {serial}: no permissions to reach it over USB (udev rules or "
+                        f"the plugdev group): adb says {state!r}")
   if state != "device":
     raise EdgediffError(f"device {serial} is {state}: reconnect it (adb reconnect)")
   return Device(adb, serial)

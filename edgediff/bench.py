@@ -102,6 +102,7 @@ def bench_folder(folder: str, runs: int, threads: int, torch_done: set) -> list[
       row["peak_rss_mb"] = round(rss, 1)
       label = "torch/fp32" if backend == "torch" else f"{backend}/{manifest['recipe']}"
       rows.append({"backend": label, "component": component, "folder": folder,
+                   "batch": manifest["batch"],
                    "file_mb": round(exporter.artifact_bytes(os.path.join(folder, file)) / 1e6, 3)
                    if file else None, "runs": runs, "threads": threads,
                    **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}})
@@ -109,12 +110,15 @@ def bench_folder(folder: str, runs: int, threads: int, torch_done: set) -> list[
 
 
 def pipeline_seconds(rows: list[dict], steps: int, guidance: bool) -> dict[str, float]:
-  """Time per image per backend: text encoder (x2 with guidance) + steps x UNet + decoder."""
+  """Time per image per backend: text encoder + steps x UNet + decoder. With guidance a
+  batch-1 export calls the text encoder and the UNet twice (unconditional, conditional); a
+  batch-2 (--cfg) export does both branches in each call, which its timings already hold."""
   out = {}
   for backend in {r["backend"] for r in rows}:
-    med = {r["component"]: r["median_ms"] for r in rows if r["backend"] == backend}
+    mine = [r for r in rows if r["backend"] == backend]
+    med = {r["component"]: r["median_ms"] for r in mine}
     if set(med) == {"text_encoder", "unet", "vae_decoder"}:
-      calls = 2 if guidance else 1
+      calls = 2 if guidance and max(r.get("batch", 1) for r in mine) == 1 else 1
       out[backend] = round((calls * med["text_encoder"] + steps * calls * med["unet"]
                             + med["vae_decoder"]) / 1e3, 4)
   return out

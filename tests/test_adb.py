@@ -152,3 +152,43 @@ def test_adb_push_sends_what_the_app_reads(tmp_path, monkeypatch, capsys):
   os.remove(os.path.join(folder, "unet_golden.npz"))
   assert cli.main(["adb-push", folder]) == 2
   assert "unet_golden.npz: listed by the manifest but missing" in capsys.readouterr().err
+
+
+def test_devices_listing_with_daemon_lines_and_multi_word_states():
+  listing = ("* daemon not running; starting now at tcp:5037\n* daemon started successfully\n"
+             "List of devices attached\nR58M\tdevice\n0123ABC\tno permissions (user in plugdev "
+             "group; are your udev rules wrong?); see [http://developer.android.com/tools/device.html]"
+             "\nemulator-5554\toffline\n\n")
+  states = adb.parse_devices(listing)
+  assert set(states) == {"R58M", "0123ABC", "emulator-5554"}
+  assert states["R58M"] == "device" and states["0123ABC"].startswith("no permissions (user")
+
+
+@pytest.mark.parametrize("script, message", [
+    ("printf '* daemon started successfully\\nList of devices attached\\n"
+     "0123ABC\\tno permissions (user in plugdev group)\\n'",
+     "device 0123ABC: no permissions to reach it over USB"),
+    ("echo 'error: could not install *smartsocket* listener' >&2; exit 1",
+     "adb devices failed (exit 1): error: could not install"),
+])
+def test_adb_refusals_are_one_line(tmp_path, monkeypatch, capsys, script, message):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "adb").write_text(f"#!/bin/sh\n{script}\n")
+  (bin_dir / "adb").chmod(0o755)
+  monkeypatch.setenv("PATH", str(bin_dir))
+  folder, binary = _export_folder(tmp_path)
+  assert cli.main(["adb-bench", folder, "--benchmark-binary", binary]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and message in err[0], err
+
+
+def test_adb_that_does_not_answer_is_one_line(tmp_path, monkeypatch):
+  import subprocess
+
+  def hang(*args, **kwargs):
+    raise subprocess.TimeoutExpired(args[0], kwargs.get("timeout"))
+
+  monkeypatch.setattr(adb.subprocess, "run", hang)
+  with pytest.raises(adb.EdgediffError, match="adb devices did not answer in 60 s"):
+    adb.pick_device("adb", None)

@@ -278,3 +278,15 @@ def test_a_killed_exports_tmp_folder_is_removed_by_the_next_export(tmp_path, cap
                    str(tmp_path)]) == 0
   left = [n for n in _left_in(folder) if n.startswith(".tmp-")]
   assert left == [alive.name], left
+
+
+def test_a_second_export_into_the_same_folder_at_once_is_refused(tmp_path, capsys):
+  import fcntl
+
+  folder = tmp_path / "shapes" / "onnx" / "fp32"
+  folder.mkdir(parents=True)
+  with open(folder / ".lock", "w") as held:  # as an export running in another process holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    code, err = _export(capsys, tmp_path, "--component", "text_encoder")
+  assert code == 2 and f"{folder}: another export is writing into it now" in err
+  assert _left_in(folder) == [".lock"]  # the other export's, untouched

@@ -49,3 +49,17 @@ def test_op_profiles(tmp_path, capsys):
   assert "CONV_2D" not in tflite["outside"]  # XNNPACK takes float convolutions
   assert cli.main(["bench", str(tmp_path), "--runs", "2", "--results", "", "--ops"]) == 0
   assert "XNNPACK partitions" in capsys.readouterr().out
+
+
+def test_time_per_image_counts_guidance_calls_by_the_exports_batch():
+  from edgediff import bench
+
+  def rows(batch):
+    return [{"backend": "onnx/fp32", "component": c, "median_ms": ms, "batch": batch}
+            for c, ms in (("text_encoder", 10.0), ("unet", 100.0), ("vae_decoder", 50.0))]
+
+  assert bench.pipeline_seconds(rows(1), steps=8, guidance=False)["onnx/fp32"] == 0.86
+  # Batch 1 with guidance: two text encoder and two UNet calls per step.
+  assert bench.pipeline_seconds(rows(1), steps=8, guidance=True)["onnx/fp32"] == 1.67
+  # Batch 2 (--cfg): both branches in each call, already in its timings.
+  assert bench.pipeline_seconds(rows(2), steps=8, guidance=True)["onnx/fp32"] == 0.86

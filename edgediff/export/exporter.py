@@ -433,11 +433,41 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
     parent = os.path.dirname(parent)
   os.makedirs(folder, exist_ok=True)
   try:
-    return _export_into(pipe, opts, folder, latent_size)
+    with _locked(folder):
+      return _export_into(pipe, opts, folder, latent_size)
   finally:
     for made in created:  # deepest first: a refused first export leaves no empty folders
       if os.path.isdir(made) and not os.listdir(made):
         os.rmdir(made)
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _locked(folder: str):
+  """One export at a time into `folder`: a second one is refused, not interleaved with the
+  first (both would rename their files over each other's and race on the manifest). The
+  lock file goes when the export ends; a process that opened it just before it went finds
+  its inode gone and is refused too."""
+  import fcntl
+
+  path = os.path.join(folder, LOCK)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(fd).st_ino:
+        raise BlockingIOError
+    except BlockingIOError:
+      raise EdgediffError(f"{folder}: another export is writing into it now; wait for it to "
+                          f"end, or choose another --out") from None
+    try:
+      yield
+    finally:
+      os.remove(path)
+  finally:
+    os.close(fd)
 
 
 def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
