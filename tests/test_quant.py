@@ -121,3 +121,33 @@ def test_onnx_fp16_graph_is_valid_sorted_and_shares_one_cast(tmp_path):
   x = np.array([-2.0, -0.5, 0.5, 3.0], np.float32)
   y, = onnxruntime.InferenceSession(path).run(None, {"x": x})
   np.testing.assert_allclose(y, np.maximum(x * x, x) + np.minimum(x * x, x), rtol=1e-3)
+
+
+def test_onnx_fp16_keeps_instance_norm_in_fp32(tmp_path):
+  # GroupNorm as the exporter writes it: its variance, computed in fp16 by a runtime that
+  # runs the op in fp16 (onnx.reference here), overflows on deviations of a few hundred.
+  import onnx
+  from onnx import TensorProto, helper, numpy_helper
+  from onnx.reference import ReferenceEvaluator
+
+  from edgediff.quant import recipes as recipes_lib
+
+  c = 4
+  graph = helper.make_graph(
+      [helper.make_node("Mul", ["x", "two"], ["a"]),
+       helper.make_node("InstanceNormalization", ["a", "scale", "bias"], ["y"])],
+      "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])],
+      [numpy_helper.from_array(np.float32(2.0), "two"),
+       numpy_helper.from_array(np.ones(c, np.float32), "scale"),
+       numpy_helper.from_array(np.zeros(c, np.float32), "bias")])
+  fp32 = str(tmp_path / "fp32.onnx")
+  onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9),
+            fp32)
+  path = str(tmp_path / "fp16.onnx")
+  recipes_lib.quantize_onnx("fp16", fp32, path)
+  # Activations a few hundred from their mean: squared deviations pass fp16's 65504.
+  x = (300 * np.random.default_rng(0).standard_normal((1, c, 8, 8))).astype(np.float32)
+  expected = ReferenceEvaluator(fp32).run(None, {"x": x})[0]
+  actual = ReferenceEvaluator(path).run(None, {"x": x})[0]
+  assert np.isfinite(actual).all() and np.abs(actual - expected).max() < 0.01

@@ -91,11 +91,16 @@ def _onnx_fp16(fp32_path: str, path: str) -> None:
   end of the node list, after their consumers, so the graph is sorted again.
   """
   import onnx
-  from onnxruntime.transformers.float16 import convert_float_to_float16
+  from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
   from edgediff.export import onnx as onnx_lib
 
-  model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
+  # InstanceNormalization (GroupNorm, as the exporter writes it) stays fp32: its variance
+  # sums squares over a whole group, which overflows fp16 in a runtime that computes the op
+  # in fp16 (onnx.reference: the shapes decoder's first norm gave zeros, 15.5 dB), for two
+  # Casts per norm and no larger weights.
+  model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True,
+                                   op_block_list=DEFAULT_OP_BLOCK_LIST + ["InstanceNormalization"])
   graph = model.graph
   seen, kept = set(), []
   for node in graph.node:
