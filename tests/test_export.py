@@ -180,3 +180,20 @@ def test_quiet_by_default_and_the_libraries_under_v(tmp_path, capsys, monkeypatc
   assert cli.main(["export", "-v", *argv[1:]]) == 0
   verbose = capsys.readouterr()
   assert "Quantized model size" in verbose.out + verbose.err  # ai-edge-quantizer's report
+
+
+def test_a_failed_gate_exits_1_marks_the_manifest_and_is_not_skipped(tmp_path, capsys,
+                                                                      monkeypatch):
+  from edgediff.export import parity
+
+  # A threshold no fp32 artifact can meet: the gate fails on a real export.
+  monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(psnr_db=500.0, cosine=1.0))
+  argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder", "--out",
+          str(tmp_path)]
+  assert cli.main(argv) == 1
+  err = capsys.readouterr().err
+  assert "edgediff: parity failed: vae_decoder: psnr_db" in err and "< 500.0" in err
+  manifest = json.loads((tmp_path / "md-tiny" / "onnx" / "fp32" / "manifest.json").read_text())
+  assert manifest["passed"] is False and manifest["components"]["vae_decoder"]["passed"] is False
+  assert cli.main(argv) == 1  # a failed component is exported again, not skipped
+  assert "up to date" not in capsys.readouterr().err
