@@ -212,6 +212,14 @@ def _estimate(opts: ExportOptions, module, latent_size: int) -> memory.Estimate:
                          calibrated=opts.recipe in recipes.CALIBRATED)
 
 
+def _fits(module, component: str, opts: ExportOptions, latent_size: int) -> memory.Estimate:
+  """Refuses a component that cannot be exported here: over the flatbuffer limit (a fact of
+  the format, checked first), or over the memory budget (an estimate of this machine)."""
+  if opts.fmt == "tflite":
+    tflite_lib.check_size(component, onnx_lib.param_bytes(module), opts.recipe)
+  return _preflight(component, opts, _estimate(opts, module, latent_size))
+
+
 def _preflight(component: str, opts: ExportOptions, est: memory.Estimate) -> memory.Estimate:
   """Refuses, before conversion, an export whose estimated peak exceeds the budget (the RAM
   available now, unless --max-memory)."""
@@ -491,8 +499,7 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
       todo.append(component)
   # Each export (and a calibration recording) is long work at full size: check first that
   # every component will fit, so that a refusal comes before any of them, not after one.
-  estimates = {name: _preflight(name, opts, _estimate(opts, pipe.build(name), latent_size))
-               for name in todo}
+  estimates = {name: _fits(pipe.build(name), name, opts, latent_size) for name in todo}
   text_encoder = None
   calib = None
   for component in todo:
