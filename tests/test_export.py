@@ -69,21 +69,21 @@ def test_rerun_redoes_what_changed_weights_or_options_change(md_tiny_onnx, tmp_p
   out = str(tmp_path / "out")
   shutil.copytree(out_dir, out)
   # --ort is an option the first export did not have: the re-run writes the .ort file.
-  assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder",
+  assert cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "text_encoder",
                    "--ort", "--out", out]) == 0
-  assert os.path.isfile(os.path.join(out, "md-tiny", "onnx", "fp32", "vae_decoder.ort"))
+  assert os.path.isfile(os.path.join(out, "md-tiny", "onnx", "fp32", "text_encoder.ort"))
   # The same weights file with other values: not up to date, whatever its path says.
-  module = pipeline.open_pipeline("md-tiny").build("vae_decoder")
+  module = pipeline.open_pipeline("md-tiny").build("text_encoder")
   weights = str(tmp_path / "w.safetensors")
-  checkpoints.write_tensors({f"vae_decoder.{k}": v for k, v in module.state_dict().items()},
+  checkpoints.write_tensors({f"text_encoder.{k}": v for k, v in module.state_dict().items()},
                             weights)
   argv = ["export", "md-tiny", "--weights", weights, "--fmt", "onnx", "--component",
-          "vae_decoder", "--out", out]
+          "text_encoder", "--out", out]
   assert cli.main(argv) == 0
   capsys.readouterr()
   assert cli.main(argv) == 0
   assert "up to date" in capsys.readouterr().err
-  checkpoints.write_tensors({f"vae_decoder.{k}": v * 1.01 for k, v in
+  checkpoints.write_tensors({f"text_encoder.{k}": v * 1.01 for k, v in
                              module.state_dict().items()}, weights)
   assert cli.main(argv) == 0
   assert "up to date" not in capsys.readouterr().err
@@ -188,12 +188,12 @@ def test_a_failed_gate_exits_1_marks_the_manifest_and_is_not_skipped(tmp_path, c
 
   # A threshold no fp32 artifact can meet: the gate fails on a real export.
   monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(psnr_db=500.0, cosine=1.0))
-  argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder", "--out",
+  argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "text_encoder", "--out",
           str(tmp_path)]
   assert cli.main(argv) == 1
   err = capsys.readouterr().err
-  assert "edgediff: parity failed: vae_decoder: psnr_db" in err and "< 500.0" in err
+  assert "edgediff: parity failed: text_encoder: psnr_db" in err and "< 500.0" in err
   manifest = json.loads((tmp_path / "md-tiny" / "onnx" / "fp32" / "manifest.json").read_text())
-  assert manifest["passed"] is False and manifest["components"]["vae_decoder"]["passed"] is False
+  assert manifest["passed"] is False and manifest["components"]["text_encoder"]["passed"] is False
   assert cli.main(argv) == 1  # a failed component is exported again, not skipped
   assert "up to date" not in capsys.readouterr().err
