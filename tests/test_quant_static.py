@@ -77,8 +77,13 @@ def test_tflite_w8a16_on_the_trained_model(tmp_path):
 
 
 def test_tflite_int8_static_on_the_trained_model_is_byte_identical(tmp_path):
-  first = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",))
+  first = _export_shapes(str(tmp_path), "tflite", "int8_static", ("text_encoder", "vae_decoder"))
   _check_calibrated(first, "int8_static")
+  # The text encoder's causal mask (float32's minimum) starts in float: quantized, LiteRT
+  # aborted the whole process on the model's first call (SIGABRT, no message).
+  text = first["components"]["text_encoder"]
+  assert text["passed"], text["parity"]["failures"]
+  assert text["quantization"]["unbounded_in_float"]
   second = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",), force=True)
   assert (first["components"]["vae_decoder"]["sha256"]
           == second["components"]["vae_decoder"]["sha256"])

@@ -243,14 +243,30 @@ def _local_snr(fp32_path: str, snr: dict[str, float]) -> dict[str, float]:
   return out
 
 
+# A tensor whose calibrated range reaches this far holds float32's extremes: a CLIP text
+# encoder's causal mask (float32's minimum) added to its attention scores. No int8 or int16
+# range can hold it, and LiteRT aborts the whole process (SIGABRT) on the first call of a
+# model that quantizes it, before fallback could rank it: such tensors start in float.
+UNBOUNDED = 1e30
+
+
+def _unbounded(qsvs: dict) -> list[str]:
+  return sorted(name for name, q in qsvs.items()
+                if "min" in q and max(np.abs(q["min"]).max(), np.abs(q["max"]).max()) > UNBOUNDED)
+
+
 def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, samples, references,
                            output: str, thresholds) -> dict:
-  """Writes `path`; returns {"fallback": [{tensor, snr_db}], "rounds": n}."""
+  """Writes `path`; returns {"fallback": [{tensor, snr_db}], "rounds": n,
+  "unbounded_in_float": [tensor]} (those in float from the first round, see UNBOUNDED)."""
   calibrated, reference = {}, {}
   ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
 
   def quantize(excluded):
-    _quantize(fp32_path, path, recipe, calib, excluded, calibrated)
+    if "result" not in calibrated:
+      calibrated["result"] = _calibrate(fp32_path, _quantizer(fp32_path, recipe, []), calib)
+    unbounded = _unbounded(calibrated["result"])
+    _quantize(fp32_path, path, recipe, calib, sorted(set(excluded) | set(unbounded)), calibrated)
     return runtimes.tflite_runner(path)
 
   with tempfile.TemporaryDirectory(prefix=".tmp-float-", dir=os.path.dirname(path)) as folder:
@@ -260,5 +276,7 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
         reference["float"] = _FloatTensors(fp32_path, ranked_on, folder)
       return _local_snr(fp32_path, reference["float"].snr(path))
 
-    return fallback.quantize_with_fallback(quantize, sensitivity, samples, references, output,
+    info = fallback.quantize_with_fallback(quantize, sensitivity, samples, references, output,
                                            thresholds, key="tensor")
+  info["unbounded_in_float"] = _unbounded(calibrated["result"])
+  return info
