@@ -256,11 +256,11 @@ def _remove_stale(folder: str) -> None:
 
 def _alive(pid: int) -> bool:
   try:
-    os.kill(pid, 0)
+    os.kill(pid, 0)  # raises PermissionError for someone else's process: alive too
   except ProcessLookupError:
     return False
-  except PermissionError:  # someone else's process
-    return True
+  except PermissionError:
+    pass
   return True
 
 
@@ -289,9 +289,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   """Exports one component, gates it, and returns its manifest entry. `estimate`: its
   memory estimate, when already made (checked again against the RAM available now)."""
   started = time.perf_counter()
-  module = pipe.build(component)
-  if opts.fmt == "tflite":  # before any long work: refuse what cannot fit a flatbuffer
-    tflite_lib.check_size(component, onnx_lib.param_bytes(module), opts.recipe)
+  module = pipe.build(component)  # _fits has refused what cannot fit a flatbuffer
   output_name = module.output_names[0]
   if calib:  # a calibrated recipe: gate on recorded inputs that calibration does not see
     if len(calib) <= PARITY_SAMPLES:
