@@ -256,11 +256,11 @@ def _remove_stale(folder: str) -> None:
 
 def _alive(pid: int) -> bool:
   try:
-    os.kill(pid, 0)  # raises PermissionError for someone else's process: alive too
+    os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:
-    pass
+  except PermissionError:  # someone else's process
+    return True
   return True
 
 

@@ -113,13 +113,15 @@ def _calibrate(fp32_path: str, qt, calib) -> dict:
 
 def _quantize(fp32_path: str, path: str, recipe: str, calib, excluded: list[str],
               calibrated: dict) -> None:
-  """Quantizes with `excluded` kept in float. Calibration runs once, on the first call
-  (nothing excluded yet, so every tensor gets its range: the quantizer records ranges only
-  for the ops it will quantize), and its result is kept in `calibrated`."""
-  qt = _quantizer(fp32_path, recipe, excluded)
+  """Quantizes with `excluded`, and the tensors no range can hold (UNBOUNDED), kept in float.
+  Calibration runs once, on the first call, with nothing excluded (every tensor gets its
+  range: the quantizer records ranges only for the ops it will quantize), and its result is
+  kept in `calibrated`."""
   with contextlib.redirect_stdout(sys.stderr):  # its progress report goes to stdout
     if "result" not in calibrated:
-      calibrated["result"] = _calibrate(fp32_path, qt, calib)
+      calibrated["result"] = _calibrate(fp32_path, _quantizer(fp32_path, recipe, []), calib)
+    unbounded = _unbounded(calibrated["result"])
+    qt = _quantizer(fp32_path, recipe, sorted(set(excluded) | set(unbounded)))
     quantized = qt.quantize(calibrated["result"], enable_progress_report=False)
   del qt  # the float model and its unpacked form, before the file is written
   atomic.write_bytes(path, quantized.quantized_model)
@@ -263,10 +265,7 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
   ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
 
   def quantize(excluded):
-    if "result" not in calibrated:
-      calibrated["result"] = _calibrate(fp32_path, _quantizer(fp32_path, recipe, []), calib)
-    unbounded = _unbounded(calibrated["result"])
-    _quantize(fp32_path, path, recipe, calib, sorted(set(excluded) | set(unbounded)), calibrated)
+    _quantize(fp32_path, path, recipe, calib, excluded, calibrated)
     return runtimes.tflite_runner(path)
 
   with tempfile.TemporaryDirectory(prefix=".tmp-float-", dir=os.path.dirname(path)) as folder:
