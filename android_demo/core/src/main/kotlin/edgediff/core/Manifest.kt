@@ -158,22 +158,20 @@ fun nchwRunner(entry: ComponentEntry, raw: Runner): Runner {
   }
 }
 
-internal fun toNhwc(t: Tensor): Tensor {
-  val (n, c, h, w) = t.shape.toList()
+internal fun toNhwc(t: Tensor): Tensor = swapChannels(t, toLast = true)
+
+internal fun toNchw(t: Tensor): Tensor = swapChannels(t, toLast = false)
+
+/** (n, c, h, w) -> (n, h, w, c) with `toLast`, else back: one loop over the NCHW index. */
+private fun swapChannels(t: Tensor, toLast: Boolean): Tensor {
+  val s = t.shape
+  val (n, c, h, w) = if (toLast) s.toList() else listOf(s[0], s[3], s[1], s[2])
   val src = t.toFloats()
   val out = FloatArray(src.size)
   for (b in 0 until n) for (k in 0 until c) for (y in 0 until h) for (x in 0 until w) {
-    out[((b * h + y) * w + x) * c + k] = src[((b * c + k) * h + y) * w + x]
+    val nchw = ((b * c + k) * h + y) * w + x
+    val nhwc = ((b * h + y) * w + x) * c + k
+    if (toLast) out[nhwc] = src[nchw] else out[nchw] = src[nhwc]
   }
-  return Tensor.of(intArrayOf(n, h, w, c), out)
-}
-
-internal fun toNchw(t: Tensor): Tensor {
-  val (n, h, w, c) = t.shape.toList()
-  val src = t.toFloats()
-  val out = FloatArray(src.size)
-  for (b in 0 until n) for (y in 0 until h) for (x in 0 until w) for (k in 0 until c) {
-    out[((b * c + k) * h + y) * w + x] = src[((b * h + y) * w + x) * c + k]
-  }
-  return Tensor.of(intArrayOf(n, c, h, w), out)
+  return Tensor.of(if (toLast) intArrayOf(n, h, w, c) else intArrayOf(n, c, h, w), out)
 }
