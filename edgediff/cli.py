@@ -6,12 +6,12 @@ import io
 import json
 import os
 import sys
-import warnings
 
 import numpy as np
 
-from edgediff import atomic
+from edgediff import atomic, console
 from edgediff.errors import EdgediffError
+from edgediff.export import compat
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -95,12 +95,13 @@ def cmd_export(args) -> int:
       components=tuple(args.component or exporter.COMPONENTS),
       batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort,
       nhwc=args.nhwc, calib_prompts=_read_prompts(args.calib_prompts),
-      max_memory_gb=args.max_memory)
+      max_memory_gb=args.max_memory, skip_runtimes=tuple(args.skip_runtime or ()))
   if args.int8:
     manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout)
   else:
     manifest = exporter.export_pipeline(pipe, opts)
-  failures = [f for c in manifest["components"].values() for f in c["parity"]["failures"]]
+  failures = [f for c in manifest["components"].values()
+              for f in c["parity"]["failures"] + compat.failures(c.get("old_runtimes") or {})]
   if args.json:
     print(json.dumps(manifest, indent=1))
   else:
@@ -380,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("-v", "--verbose", action="store_true",
                       help="show the libraries' own output (conversion stages, warnings)")
+  common.add_argument("--log", metavar="FILE",
+                      help="keep everything in FILE: edgediff's lines and all the libraries' "
+                           "output, which the screen leaves out unless -v")
 
   p = sub.add_parser("models", parents=[common], help="list the model zoo: parameters, MACs, input shapes")
   p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -415,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the RAM available when it starts)")
   p.add_argument("--candidate-timeout", type=_positive_float, metavar="SECONDS",
                  help="--int8: give up on a candidate recipe after this long")
+  p.add_argument("--skip-runtime", action="append", metavar="NAME",
+                 choices=compat.NAMES,
+                 help="leave an old runtime out of the gate (repeatable; by default every "
+                      "artifact is also checked in tflite-runtime-2.14 or onnxruntime-1.17)")
   p.add_argument("--force", action="store_true", help="redo components already exported")
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
   p.set_defaults(func=cmd_export)
@@ -509,28 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _quiet_libraries() -> None:
-  """The libraries' own chatter off (-v keeps it): litert-torch's stage log, TensorFlow's
-  C++ log, and the Python warnings that torch, litert-torch and onnxscript give on every
-  conversion. Set in the environment too, so that --int8's candidate processes inherit it.
-  edgediff's own lines and every error still reach stderr."""
-  os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  kinds = (FutureWarning, DeprecationWarning, UserWarning)
-  os.environ.setdefault("PYTHONWARNINGS", ",".join(f"ignore::{k.__name__}" for k in kinds))
-  for kind in kinds:
-    warnings.simplefilter("ignore", kind)
-
-
 def main(argv: list[str] | None = None) -> int:
   try:
     args = build_parser().parse_args(argv)
   except SystemExit as e:  # a bad argument (said in one line), or --help
     return e.code
-  if args.verbose:
-    os.environ["EDGEDIFF_VERBOSE"] = "1"  # exporter.VERBOSE_ENV, without importing it here
-  else:
-    _quiet_libraries()
+  console.setup(args.verbose, args.log)
   try:
     return args.func(args)
   except EdgediffError as e:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgediff import checkpoints, schedule, specs
+from edgediff import checkpoints, specs
 from edgediff.errors import EdgediffError
 from edgediff.schedule import SD as SD_SCHEDULE, Schedule
 

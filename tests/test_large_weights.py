@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from edgediff.export import parity, runtimes, tflite
-from edgediff.quant import aeq_workaround, recipes
+from edgediff.quant import aeq_workaround
 
 
 class LargeConv(nn.Module):
@@ -26,8 +26,7 @@ def test_int8_conversion_of_a_conv_weight_over_32_mib(tmp_path):
   assert module.conv.weight.numel() * 4 > 32 * 1024 * 1024
   x = torch.randn(1, 1024, 4, 4)
   path = str(tmp_path / "conv.tflite")
-  tflite.export_tflite(module, {"x": x}, ("y",), path,
-                       quant_config=recipes.tflite_quant_config("int8_weight_only"))
+  tflite.export_tflite(module, {"x": x}, ("y",), path, "int8_weight_only")
   got = runtimes.tflite_runner(path)({"x": x.numpy()})["y"]
   with torch.no_grad():
     ref = module(x).numpy()

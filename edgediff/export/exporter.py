@@ -12,13 +12,11 @@ import dataclasses
 import datetime
 import gc
 import hashlib
-import io
 import json
 import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import time
 from importlib import metadata
 
@@ -26,12 +24,13 @@ import numpy as np
 import torch
 
 import edgediff
-from edgediff import atomic, memory
+from edgediff import atomic, console, memory
+from edgediff.console import libraries_quiet, log
 from edgediff import pipeline as pipeline_lib
 from edgediff.errors import EdgediffError, first_line
 from edgediff.export import inputs as inputs_lib
 from edgediff.export import onnx as onnx_lib
-from edgediff.export import parity, runtimes, tflite as tflite_lib
+from edgediff.export import compat, parity, runtimes, tflite as tflite_lib
 from edgediff.quant import calibration, onnx_static, recipes, tflite_static
 from edgediff.specs import COMPONENTS
 
@@ -53,30 +52,7 @@ class ExportOptions:
   calib_prompts: tuple[str, ...] | None = None  # None: the shipped prompt set
   nhwc: bool = False  # channel-last 4-D inputs and outputs (tflite only)
   max_memory_gb: float | None = None  # the preflight's budget; None: the RAM available now
-
-
-def log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
-
-
-VERBOSE_ENV = "EDGEDIFF_VERBOSE"  # set by `edgediff -v`; inherited by --int8's candidates
-
-
-@contextlib.contextmanager
-def libraries_quiet():
-  """The converters' and quantizers' own Python output (ai-edge-quantizer's progress bars and
-  size report, litert-torch's and onnxruntime's prints) held back unless -v. It is given on
-  stderr when the step raises, so that the error keeps its context."""
-  if os.environ.get(VERBOSE_ENV) == "1":
-    yield
-    return
-  held = io.StringIO()
-  try:
-    with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
-      yield
-  except BaseException:
-    sys.stderr.write(held.getvalue()[-4000:])
-    raise
+  skip_runtimes: tuple[str, ...] = ()  # old runtimes (compat.NAMES) the gate leaves out
 
 
 def sha256(path: str) -> str:
@@ -109,7 +85,8 @@ def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
           "edgediff": edgediff.__version__, "recipe": opts.recipe,
           "thresholds": dataclasses.asdict(parity.THRESHOLDS[opts.recipe]),
           "batch": opts.batch, "latent_size": latent_size, "nhwc": opts.nhwc, "ort": opts.ort,
-          "calib_prompts": opts.calib_prompts and list(opts.calib_prompts)}
+          "calib_prompts": opts.calib_prompts and list(opts.calib_prompts),
+          "old_runtimes": [r.name for r in compat.for_format(opts.fmt, opts.skip_runtimes)]}
 
 
 def _weights_digests(source: dict) -> list:
@@ -167,8 +144,7 @@ def _write_float(opts: ExportOptions, module, samples: list[dict[str, np.ndarray
     if opts.fmt == "onnx":
       onnx_lib.export_onnx(module, feeds, (output_name,), path)
     else:
-      tflite_lib.export_tflite(module, feeds, (output_name,), path,
-                               quant_config=recipes.tflite_quant_config(opts.recipe))
+      tflite_lib.export_tflite(module, feeds, (output_name,), path, opts.recipe)
     return None
   fp32_path = path[: -len(ext)] + ".fp32" + ext
   if opts.fmt == "onnx":
@@ -332,16 +308,19 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       gc.collect()
       quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, samples, references,
                                            output_name, calib)
+      if opts.fmt == "onnx":
+        onnx_lib.set_ir_version(tmp_path)
     for i, r in enumerate((quant_info or {}).get("history", []), 1):
       kept = " (kept)" if i == quant_info["kept_round"] else ""
       log(f"[{component}] fallback round {i}: {r['float']} tensors in float, psnr "
           f"{r['psnr_db']:.1f} dB, cosine {r['cosine']:.6f}{kept}")
     convert_s = time.perf_counter() - started
-    log(f"[{component}] converted in {convert_s:.1f} s; running {PARITY_SAMPLES} samples in "
-        f"{'onnxruntime' if opts.fmt == 'onnx' else 'ai_edge_litert'}")
     runner = runtimes.load_runner(opts.fmt, tmp_path)
     actuals = [runner(f)[output_name] for f in samples]
+    del runner
     report = parity.compare(component, references, actuals, parity.THRESHOLDS[opts.recipe])
+    old = compat.check(opts.fmt, tmp_path, samples, references, output_name,
+                       parity.THRESHOLDS[opts.recipe], opts.skip_runtimes, log)
     golden = component + "_golden.npz"
     np.savez(os.path.join(tmp_dir, golden), **samples[0],
              **{f"expected_{output_name}": references[0]})
@@ -358,10 +337,15 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     shutil.rmtree(tmp_dir, ignore_errors=True)  # whatever a failed or killed step left
   path = os.path.join(folder, component + ext)
   files = artifact_files(path)
-  status = "passed" if report.passed else "FAILED"
+  wrong_in_old = compat.failures(old)
+  passed = report.passed and not wrong_in_old
+  status = "passed" if passed else "FAILED"
+  also = f"; {compat.summary(old)}" if old else ""
   log(f"[{component}] parity {status}: psnr {report.psnr_db:.1f} dB, cosine "
-      f"{report.cosine:.6f}, max abs {report.max_abs:.3g} "
-      f"({time.perf_counter() - started:.1f} s)")
+      f"{report.cosine:.6f}, max abs {report.max_abs:.3g}{also} (converted in "
+      f"{convert_s:.1f} s, checked in {time.perf_counter() - started - convert_s:.1f} s)")
+  for failure in wrong_in_old:
+    log(f"[{component}] {failure}")
   return {
       "file": component + ext, "sha256": sha256(path), "bytes": artifact_bytes(path, files),
       "external_data": [{"file": os.path.basename(f), "bytes": os.path.getsize(f)}
@@ -371,7 +355,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       "inputs": _io_json(samples[0]),
       "outputs": _io_json({output_name: references[0]}),
       "golden": golden, "golden_sha256": sha256(os.path.join(folder, golden)),
-      "ort": ort_file, "parity": report.to_json(), "passed": report.passed,
+      "ort": ort_file, "parity": report.to_json(), "passed": passed,
+      "old_runtimes": old, "min_runtime": compat.min_runtime(opts.fmt, old),
       "parity_inputs": parity_inputs,
       "export_seconds": round(convert_s, 2), "quantization": quant_info,
   }
@@ -546,6 +531,7 @@ def _export_child(conn, source: dict, opts: ExportOptions) -> None:
   """One --int8 candidate, in a process of its own: sends back its manifest's folder, or the
   one-line reason it failed."""
   os.dup2(2, 1)  # whatever the libraries print goes to stderr: stdout is the parent's --json
+  console.apply()  # -v, quiet or --log, as the parent was told
   try:
     manifest = export_pipeline(pipeline_lib.open_source(source), opts)
     conn.send(("ok", manifest["folder"]))

@@ -55,6 +55,27 @@ def export_onnx(module: nn.Module, feeds: dict[str, torch.Tensor], output_names,
   onnx.checker.check_model(path, full_check=not external)
 
 
+# onnxruntime before 1.18 refuses IR version 10, which torch.onnx writes; IR 10 adds only the
+# 4-bit and other new types of opset 21, and nothing edgediff writes at opset 18 uses them.
+IR_VERSION = 9
+
+
+def set_ir_version(path: str) -> None:
+  """Marks the model at `path` as IR_VERSION, in place, if it says more.
+
+  The field is patched in the file rather than through onnx.load/save, which would hold a
+  copy of a full-size model: ir_version is the ModelProto's field 1, which protobuf writes
+  first, as the tag 0x08 and a one-byte varint, so the file keeps its length.
+  """
+  with open(path, "r+b") as f:
+    tag, version = f.read(2)
+    if tag != 0x08 or version > 0x7F:
+      raise ValueError(f"{path}: no ir_version at the start of the ONNX file")
+    if version > IR_VERSION:
+      f.seek(1)
+      f.write(bytes([IR_VERSION]))
+
+
 def external_data_files(path: str) -> list[str]:
   """The files (beside `path`) that hold an .onnx model's external data, if any."""
   import onnx

@@ -4,6 +4,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgediff import console
+
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -29,8 +31,13 @@ def tflite_runner(path: str, threads: int | None = None) -> Runner:
     content = bytes(f.read())  # the Interpreter wants bytes, not bytearray
   interpreter = Interpreter(model_content=content, num_threads=threads)
   runner = interpreter.get_signature_runner()
+  first = [True]
 
   def run(feeds):
+    if first:  # LiteRT applies its delegate, and says so natively, on the first call
+      first.clear()
+      with console.libraries_quiet():
+        return {k: np.array(v) for k, v in runner(**feeds).items()}
     return {k: np.array(v) for k, v in runner(**feeds).items()}
 
   return run

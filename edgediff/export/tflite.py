@@ -6,7 +6,9 @@ import sys
 import torch
 from torch import nn
 
+from edgediff import atomic
 from edgediff.errors import EdgediffError
+from edgediff.quant import recipes
 
 FLATBUFFER_LIMIT = 2 * 1024**3  # a .tflite flatbuffer cannot exceed 2 GB
 
@@ -37,11 +39,21 @@ def check_size(component: str, fp32_bytes: int, recipe: str) -> None:
 
 
 def export_tflite(module: nn.Module, feeds: dict[str, torch.Tensor], output_names, path: str,
-                  quant_config=None) -> None:
+                  recipe: str = "fp32") -> None:
+  """Writes `module` as a .tflite under `recipe`: fp32 or fp16 by litert-torch alone, the
+  uncalibrated int8 recipes by ai-edge-quantizer on the converted model, in memory (the
+  calibrated ones read an fp32 file: see edgediff.quant.tflite_static)."""
   wrapped = NamedIO(module, feeds.keys(), output_names).eval()
   import litert_torch
 
+  int8 = recipe in ("int8_weight_only", "int8_dynamic")
   with contextlib.redirect_stdout(sys.stderr):  # litert-torch prints progress to stdout
-    edge_model = litert_torch.convert(wrapped, sample_kwargs=dict(feeds),
-                                      quant_config=quant_config)
-    edge_model.export(path)
+    edge_model = litert_torch.convert(
+        wrapped, sample_kwargs=dict(feeds),
+        quant_config=None if int8 else recipes.tflite_quant_config(recipe))
+    if int8:
+      quantized = recipes.quantize_tflite(recipe, edge_model.model_content())
+      del edge_model  # the float model, before the quantized one is written
+      atomic.write_bytes(path, quantized)
+    else:
+      edge_model.export(path)

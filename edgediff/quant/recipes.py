@@ -43,25 +43,51 @@ def int8_candidates(fmt: str) -> tuple[str, ...]:
 
 
 def tflite_quant_config(recipe: str):
-  """litert-torch's recipe for `recipe`, applied during conversion (None for fp32)."""
+  """litert-torch's recipe for `recipe`, applied during conversion: fp16 only (None for
+  fp32; the int8 recipes quantize the converted model, see quantize_tflite)."""
   if recipe == "fp32":
     return None
+  if recipe != "fp16":
+    raise EdgediffError(f"recipe {recipe} is not applied during TFLite conversion")
   from litert_torch.generative.quantize import quant_recipes
+
+  return quant_recipes.full_fp16_recipe()
+
+
+def quantize_tflite(recipe: str, model: bytes) -> bytes:
+  """int8_weight_only or int8_dynamic of the float .tflite `model`, by ai-edge-quantizer.
+
+  Weights are int8 per channel, as litert-torch's own recipes make them, except the
+  FULLY_CONNECTED and EMBEDDING_LOOKUP weights of int8_dynamic, which are per tensor. TFLite
+  runtimes that Android apps still bundle compute those two ops wrongly with per-channel
+  weights and dynamic activations, and raise no error, because the file keeps the float op
+  versions: tflite-runtime 2.14 returns a FULLY_CONNECTED's bias alone and a wrong
+  EMBEDDING_LOOKUP, and TF 2.17 zeros from the lookup. The shapes text encoder gave 12.4 dB
+  (cosine 0.04) in tflite-runtime 2.14 with per-channel weights. Convolutions stay per
+  channel: per tensor there made the shapes UNet's output inf. int8_weight_only dequantizes
+  its weights in the graph and computes in float, which every runtime gets right.
+  """
+  from ai_edge_quantizer import qtyping, quantizer
+  from ai_edge_quantizer import recipe as aeq_recipe
 
   from edgediff.quant import aeq_workaround
 
   aeq_workaround.apply()  # full-size conv weights over 32 MiB
-  # The recipes apply to every layer ('.*') when given no generative model config.
-  return {
-      "fp16": quant_recipes.full_fp16_recipe,
-      "int8_weight_only": quant_recipes.full_weight_only_recipe,
-      "int8_dynamic": quant_recipes.full_dynamic_recipe,
-  }[recipe]()
+  qt = quantizer.Quantizer(model)
+  if recipe == "int8_weight_only":
+    qt.load_quantization_recipe(aeq_recipe.weight_only_wi8_afp32())
+  elif recipe == "int8_dynamic":
+    qt.load_quantization_recipe(aeq_recipe.dynamic_wi8_afp32())
+    for op in (qtyping.TFLOperationName.FULLY_CONNECTED,
+               qtyping.TFLOperationName.EMBEDDING_LOOKUP):
+      qt.add_dynamic_config(".*", op, 8, qtyping.QuantGranularity.TENSORWISE)
+  else:
+    raise EdgediffError(f"recipe {recipe} is not an uncalibrated int8 TFLite recipe")
+  return qt.quantize().quantized_model
 
 
 def quantize_onnx(recipe: str, fp32_path: str, path: str) -> None:
   """Writes the `recipe` version of the fp32 model at `fp32_path` to `path`."""
-  import onnx
 
   if recipe == "fp16":
     _onnx_fp16(fp32_path, path)
@@ -95,12 +121,15 @@ def _onnx_fp16(fp32_path: str, path: str) -> None:
 
   from edgediff.export import onnx as onnx_lib
 
-  # InstanceNormalization (GroupNorm, as the exporter writes it) stays fp32: its variance
-  # sums squares over a whole group, which overflows fp16 in a runtime that computes the op
-  # in fp16 (onnx.reference: the shapes decoder's first norm gave zeros, 15.5 dB), for two
-  # Casts per norm and no larger weights.
-  model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True,
-                                   op_block_list=DEFAULT_OP_BLOCK_LIST + ["InstanceNormalization"])
+  # The norms stay fp32, for two Casts per norm and no larger weights. InstanceNormalization
+  # (GroupNorm, as the exporter writes it): its variance sums squares over a whole group,
+  # which overflows fp16 in a runtime that computes the op in fp16 (onnx.reference: the
+  # shapes decoder's first norm gave zeros, 15.5 dB). LayerNormalization: onnxruntime 1.17's
+  # fp16 kernel is right on a session's first call only (the shapes text encoder: 81 dB,
+  # then -39 dB on every later call); fp32, it gives 82-84 dB on every call.
+  model = convert_float_to_float16(
+      onnx.load(fp32_path), keep_io_types=True,
+      op_block_list=DEFAULT_OP_BLOCK_LIST + ["InstanceNormalization", "LayerNormalization"])
   graph = model.graph
   seen, kept = set(), []
   for node in graph.node:
