@@ -223,6 +223,13 @@ def cmd_generate(args) -> int:
                                   weights=args.weights)
     latent_size = pipe.latent_size
     backend = gen.torch_backend(pipe)
+  from edgediff.models import text_encoder
+
+  tokens = text_encoder.token_count(args.prompt, pipe.tokenizer)
+  if tokens > text_encoder.MAX_TOKENS:
+    print(f"edgediff: note: the prompt takes {tokens} tokens; the text encoder reads the first "
+          f"{text_encoder.MAX_TOKENS} (start and end of text included), as CLIP does, and the "
+          f"rest is dropped", file=sys.stderr)
   result = gen.generate(backend, args.prompt, steps=args.steps, guidance=args.guidance,
                         seed=args.seed)
   gen.save_png(result.image, args.out)

@@ -170,6 +170,14 @@ def test_broken_diffusers_folder(folder, tmp_path, capsys, case, expected):
   assert not (tmp_path / "out").exists()
 
 
+def test_unknown_config_fields_are_ignored_as_diffusers_ignores_them(folder):
+  before = pipeline.open_pipeline(None, from_diffusers=str(folder)).build("unet").state_dict()
+  _edit_json(_unet_config(folder), lambda c: c.update(mystery_field=3, another={"a": 1}))
+  after = pipeline.open_pipeline(None, from_diffusers=str(folder)).build("unet").state_dict()
+  assert before.keys() == after.keys()
+  assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 # --- prompts and numbers -----------------------------------------------------------------
 
 
@@ -290,3 +298,60 @@ def test_a_second_export_into_the_same_folder_at_once_is_refused(tmp_path, capsy
     code, err = _export(capsys, tmp_path, "--component", "text_encoder")
   assert code == 2 and f"{folder}: another export is writing into it now" in err
   assert _left_in(folder) == [".lock"]  # the other export's, untouched
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_export_then_rerun_resumes_and_passes(tmp_path, capsys):
+  import signal
+  import sys
+  import time
+
+  folder = tmp_path / "md-tiny" / "onnx" / "fp32"
+  argv = ["export", "md-tiny", "--fmt", "onnx", "--out", str(tmp_path)]
+  child = subprocess.Popen([sys.executable, "-c", "import sys; from edgediff import cli; "
+                            "sys.exit(cli.main(sys.argv[1:]))", *argv],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  while not list(folder.glob(".tmp-unet-*")) and child.poll() is None:
+    assert time.monotonic() < deadline, "the export never reached the UNet"
+    time.sleep(0.05)
+  child.send_signal(signal.SIGKILL)  # mid-UNet: the text encoder is done and in the manifest
+  child.wait()
+  assert list(folder.glob(".tmp-unet-*")), "killed too late to test anything"
+  assert cli.main(argv) == 0
+  err = capsys.readouterr().err
+  assert "[text_encoder] up to date" in err and "[unet] parity passed" in err
+  assert not [n for n in _left_in(folder) if ".tmp-" in n or n == ".lock"]
+  assert cli.main(["parity", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("content", [b"{\"components\": {\"unet\": ", b"\xff\xfe garbage",
+                                     b"[1, 2, 3]"])
+def test_a_tampered_manifest_is_named_by_parity_and_redone_by_export(tmp_path, capsys,
+                                                                     content):
+  argv = ["export", "--fmt", "onnx", "--component", "text_encoder", "--out", str(tmp_path)]
+  assert cli.main(argv) == 0
+  manifest = tmp_path / "shapes" / "onnx" / "fp32" / "manifest.json"
+  manifest.write_bytes(content)
+  capsys.readouterr()
+  code, err = _run(capsys, "parity", str(tmp_path))
+  assert code == 2 and f"{manifest}: not a manifest edgediff wrote" in err
+  assert cli.main(argv) == 0
+  err = capsys.readouterr().err
+  assert "exporting every component again" in err and "[text_encoder] parity passed" in err
+  assert json.loads(manifest.read_text())["components"]["text_encoder"]["passed"]
+
+
+@pytest.mark.parametrize("prompt, note", [
+    ("", False),  # the unconditional prompt: a valid input
+    ("ein rotes Quadrat über 日本 🙂 İß", False),
+    ("a small red triangle " * 30, True),
+])
+def test_prompts_empty_non_ascii_and_over_77_tokens(tmp_path, capsys, prompt, note):
+  out = tmp_path / "image.png"
+  assert cli.main(["generate", "--prompt", prompt, "--steps", "1", "--out", str(out)]) == 0
+  err = capsys.readouterr().err
+  assert out.stat().st_size > 0
+  assert ("the text encoder reads the first 77" in err) == note, err

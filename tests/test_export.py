@@ -62,6 +62,22 @@ def test_a_changed_file_fails_parity_even_when_it_computes_the_same(md_tiny_onnx
   assert "psnr" not in err  # it still computes what it did
 
 
+def test_a_rerun_redoes_a_component_whose_golden_file_was_changed(md_tiny_onnx, tmp_path,
+                                                                  capsys):
+  out_dir, _ = md_tiny_onnx
+  out = str(tmp_path / "out")
+  shutil.copytree(out_dir, out)
+  golden = os.path.join(out, "md-tiny", "onnx", "fp32", "vae_decoder_golden.npz")
+  data = dict(np.load(golden))
+  data["latent"] = data["latent"] + 1
+  np.savez(golden, **data)
+  argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder", "--out", out]
+  assert cli.main(argv) == 0
+  err = capsys.readouterr().err
+  assert "up to date" not in err and "[vae_decoder] parity passed" in err
+  assert cli.main(["parity", out]) == 0
+
+
 def test_rerun_redoes_what_changed_weights_or_options_change(md_tiny_onnx, tmp_path, capsys):
   from edgediff import checkpoints
 

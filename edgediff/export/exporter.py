@@ -70,11 +70,19 @@ def runtime_versions() -> dict[str, str]:
 
 
 def read_manifest(folder: str) -> dict | None:
+  """The manifest in `folder` (None when there is none); EdgediffError naming the file when
+  it is not one that edgediff wrote (edited, truncated, or another file by that name)."""
   path = os.path.join(folder, MANIFEST)
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise EdgediffError(f"{path}: not a manifest edgediff wrote ({first_line(e)})") from None
+  if not isinstance(manifest, dict) or not isinstance(manifest.get("components"), dict):
+    raise EdgediffError(f"{path}: not a manifest edgediff wrote (no components)")
+  return manifest
 
 
 def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
@@ -308,8 +316,9 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       gc.collect()
       quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, samples, references,
                                            output_name, calib)
-      if opts.fmt == "onnx":
+      if opts.fmt == "onnx":  # every ONNX written, quantized ones too
         onnx_lib.set_ir_version(tmp_path)
+        onnx_lib.check(tmp_path)
     for i, r in enumerate((quant_info or {}).get("history", []), 1):
       kept = " (kept)" if i == quant_info["kept_round"] else ""
       log(f"[{component}] fallback round {i}: {r['float']} tensors in float, psnr "
@@ -463,7 +472,11 @@ def _locked(folder: str):
 
 def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
                  latent_size: int) -> dict:
-  old = read_manifest(folder) or {}
+  try:
+    old = read_manifest(folder) or {}
+  except EdgediffError as e:  # nothing in it can be trusted: every component is redone
+    log(f"{e}; exporting every component again")
+    old = {}
   manifest = {
       "edgediff": edgediff.__version__, "runtimes": runtime_versions(),
       "pipeline": pipe.name, "format": opts.fmt, "recipe": opts.recipe,

@@ -60,6 +60,14 @@ def export_onnx(module: nn.Module, feeds: dict[str, torch.Tensor], output_names,
 IR_VERSION = 9
 
 
+def check(path: str) -> None:
+  """onnx.checker on the model at `path`, with shape inference (its full check) unless its
+  weights are external data, which the full check would load whole."""
+  import onnx
+
+  onnx.checker.check_model(path, full_check=not external_data_files(path))
+
+
 def set_ir_version(path: str) -> None:
   """Marks the model at `path` as IR_VERSION, in place, if it says more.
 

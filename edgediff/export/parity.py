@@ -60,6 +60,38 @@ def psnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
   return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
+def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+  """SNR over the reference's variance (its power about its own mean): 10 log10(var / mse).
+  Unlike PSNR over the range, it does not credit an output for the reference's spread: the
+  reference's mean everywhere scores 0 dB, and noise at k times the reference's standard
+  deviation -20 log10(k) dB (0.5x: 6.0 dB, 0.1x: 20.0 dB)."""
+  reference = reference.astype(np.float64)
+  mse = float(np.mean((reference - actual.astype(np.float64)) ** 2))
+  variance = float(reference.var())
+  if mse == 0:
+    return float("inf")
+  return 10 * float(np.log10(variance / mse)) if variance else float("-inf")
+
+
+def pearson(reference: np.ndarray, actual: np.ndarray) -> float:
+  """The centred cosine (Pearson's r) of the two outputs: a constant output scores 0, where
+  the uncentred cosine gives an image filled with its own mean 0.97."""
+  a = reference.astype(np.float64).ravel()
+  b = actual.astype(np.float64).ravel()
+  a, b = a - a.mean(), b - b.mean()
+  denom = np.linalg.norm(a) * np.linalg.norm(b)
+  return float(a @ b / denom) if denom else float(np.array_equal(a, b))
+
+
+def ssim(reference: np.ndarray, actual: np.ndarray) -> float:
+  """Mean SSIM (scikit-image) over a batch of RGB images in [0, 1], NCHW or NHWC."""
+  from skimage.metrics import structural_similarity
+
+  channels = 0 if reference.shape[1] == 3 else -1  # of one image, (3, H, W) or (H, W, 3)
+  return float(np.mean([structural_similarity(r, a, channel_axis=channels, data_range=1.0)
+                        for r, a in zip(reference, actual)]))
+
+
 def cosine(reference: np.ndarray, actual: np.ndarray) -> float:
   a = reference.astype(np.float64).ravel()
   b = actual.astype(np.float64).ravel()

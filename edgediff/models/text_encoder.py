@@ -83,6 +83,12 @@ def load_tokenizer(path: str | None = None) -> CLIPTokenizer:
   return CLIPTokenizer.from_pretrained(path or tokenizer_dir(), local_files_only=True)
 
 
+def token_count(prompt: str, path: str | None = None) -> int:
+  """How many tokens the prompt takes, start and end of text included (truncated past
+  MAX_TOKENS by tokenize)."""
+  return len(load_tokenizer(path)(prompt, verbose=False).input_ids)
+
+
 def tokenize(prompts: list[str], path: str | None = None) -> torch.Tensor:
   """Prompts -> input_ids (B, 77) int32, padded with end-of-text as CLIP was trained."""
   ids = load_tokenizer(path)(prompts, padding="max_length", max_length=MAX_TOKENS,
