@@ -100,17 +100,19 @@ def cmd_export(args) -> int:
     manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout)
   else:
     manifest = exporter.export_pipeline(pipe, opts)
-  failures = [f for c in manifest["components"].values()
-              for f in c["parity"]["failures"] + compat.failures(c.get("old_runtimes") or {})]
+  failures = [f for c in manifest["components"].values()  # an old runtime's, if the gate passed
+              for f in c["parity"]["failures"] or compat.failures(c.get("old_runtimes") or {})]
   if args.json:
     print(json.dumps(manifest, indent=1))
   else:
     rows = [{"component": name, "file": c["file"], "MB": f"{c['bytes'] / 1e6:.2f}",
-             "psnr_db": f"{c['parity']['psnr_db']:.1f}", "cosine": f"{c['parity']['cosine']:.6f}",
-             "max_abs": f"{c['parity']['max_abs']:.3g}",
+             "snr_db": f"{c['parity']['snr_db']:.1f}", "pearson": f"{c['parity']['pearson']:.6f}",
+             "ssim": "-" if c["parity"]["ssim"] is None else f"{c['parity']['ssim']:.4f}",
+             "psnr_db": f"{c['parity']['psnr_db']:.1f}",
              "parity": "pass" if c["passed"] else "FAIL"}
             for name, c in manifest["components"].items()]
-    _print_table(rows, ["component", "file", "MB", "psnr_db", "cosine", "max_abs", "parity"])
+    _print_table(rows, ["component", "file", "MB", "snr_db", "pearson", "ssim", "psnr_db",
+                        "parity"])
     if "int8_selection" in manifest:
       sel = manifest["int8_selection"]
       print(f"int8 recipe: {sel['chosen']} ({sel['why']})")
@@ -186,12 +188,12 @@ def cmd_parity(args) -> int:
     print(json.dumps(results, indent=1))
   else:
     rows = [{"folder": r["folder"], "component": r["component"],
-             "golden_psnr": f"{r['golden']['psnr_db']:.1f}",
-             "fresh_psnr": f"{r['fresh']['psnr_db']:.1f}",
-             "fresh_cosine": f"{r['fresh']['cosine']:.6f}",
+             "golden_snr": f"{r['golden']['snr_db']:.1f}",
+             "fresh_snr": f"{r['fresh']['snr_db']:.1f}",
+             "fresh_pearson": f"{r['fresh']['pearson']:.6f}",
              "sha256": "ok" if r["sha256_ok"] else "CHANGED",
              "parity": "pass" if r["passed"] else "FAIL"} for r in results]
-    _print_table(rows, ["folder", "component", "golden_psnr", "fresh_psnr", "fresh_cosine",
+    _print_table(rows, ["folder", "component", "golden_snr", "fresh_snr", "fresh_pearson",
                         "sha256", "parity"])
   for r in results:
     for f in r["golden"]["failures"]:

@@ -5,7 +5,7 @@ from edgediff.export import exporter
 
 
 def test_bench_table_json_and_results_file(tmp_path, capsys):
-  pipe = pipeline.open_pipeline("md-tiny")
+  pipe = pipeline.open_pipeline("shapes")
   for fmt, recipe in (("onnx", "fp32"), ("tflite", "int8_dynamic")):
     exporter.export_pipeline(pipe, exporter.ExportOptions(
         fmt=fmt, out=str(tmp_path / "out"), recipe=recipe, components=("vae_decoder",)))
@@ -28,7 +28,7 @@ def test_bench_table_json_and_results_file(tmp_path, capsys):
 
 
 def test_op_profiles(tmp_path, capsys):
-  pipe = pipeline.open_pipeline("md-tiny")
+  pipe = pipeline.open_pipeline("shapes")
   for fmt, recipe in (("onnx", "int8_dynamic"), ("tflite", "fp32")):
     exporter.export_pipeline(pipe, exporter.ExportOptions(
         fmt=fmt, out=str(tmp_path), recipe=recipe, components=("vae_decoder",)))

@@ -58,7 +58,7 @@ def test_per_channel_dynamic_weights_are_caught_wrong_in_tflite_runtime_2_14(
   tflite_lib.export_tflite(module, feeds, ("y",), path, "int8_dynamic")
   result = _check(path, feeds, reference)["tflite-runtime-2.14"]
   assert result["status"] == "wrong" and result["version"] == "2.14.0"
-  assert result["psnr_db"] < parity.THRESHOLDS["int8_dynamic"].psnr_db
+  assert result["snr_db"] < parity.THRESHOLDS["int8_dynamic"].snr_db
   assert compat.failures({"tflite-runtime-2.14": result})
 
 

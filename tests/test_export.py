@@ -44,7 +44,7 @@ def test_broken_artifact_fails_parity(md_tiny_onnx, tmp_path, capsys):
   onnx.save(model, path)
   assert cli.main(["parity", folder]) == 1
   err = capsys.readouterr().err
-  assert "unet: psnr_db" in err and f"{path}: sha256 differs from the manifest's" in err
+  assert "unet: snr_db" in err and f"{path}: sha256 differs from the manifest's" in err
 
 
 def test_a_changed_file_fails_parity_even_when_it_computes_the_same(md_tiny_onnx, tmp_path,
@@ -59,7 +59,7 @@ def test_a_changed_file_fails_parity_even_when_it_computes_the_same(md_tiny_onnx
   assert cli.main(["parity", folder]) == 1
   err = capsys.readouterr().err
   assert f"{path}: sha256 differs from the manifest's (vae_decoder)" in err
-  assert "psnr" not in err  # it still computes what it did
+  assert "snr" not in err  # it still computes what it did
 
 
 def test_a_rerun_redoes_a_component_whose_golden_file_was_changed(md_tiny_onnx, tmp_path,
@@ -217,12 +217,12 @@ def test_a_failed_gate_exits_1_marks_the_manifest_and_is_not_skipped(tmp_path, c
   from edgediff.export import parity
 
   # A threshold no fp32 artifact can meet: the gate fails on a real export.
-  monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(psnr_db=500.0, cosine=1.0))
+  monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(snr_db=500.0, pearson=1.0, ssim=1.0))
   argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "text_encoder", "--out",
           str(tmp_path)]
   assert cli.main(argv) == 1
   err = capsys.readouterr().err
-  assert "edgediff: parity failed: text_encoder: psnr_db" in err and "< 500.0" in err
+  assert "edgediff: parity failed: text_encoder: snr_db" in err and "< 500.0" in err
   manifest = json.loads((tmp_path / "md-tiny" / "onnx" / "fp32" / "manifest.json").read_text())
   assert manifest["passed"] is False and manifest["components"]["text_encoder"]["passed"] is False
   assert cli.main(argv) == 1  # a failed component is exported again, not skipped

@@ -34,8 +34,8 @@ def test_export_every_tiny_spec(out_dir, name, components, fmt):
   for component in components:
     entry = on_disk["components"][component]
     report = entry["parity"]
-    assert report["psnr_db"] >= parity.THRESHOLDS["fp32"].psnr_db
-    assert report["cosine"] >= parity.THRESHOLDS["fp32"].cosine
+    assert report["snr_db"] >= parity.THRESHOLDS["fp32"].snr_db
+    assert report["pearson"] >= parity.THRESHOLDS["fp32"].pearson
     assert report["max_abs"] < 1e-3 and report["samples"] == exporter.PARITY_SAMPLES
     # The golden file reproduces PyTorch through the runtime, independently of edgediff's gate.
     golden = np.load(os.path.join(folder, entry["golden"]))

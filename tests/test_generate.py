@@ -15,7 +15,7 @@ EXPORTS = [("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("onnx", "i
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("gen"))
-  pipe = pipeline.open_pipeline("md-tiny")
+  pipe = pipeline.open_pipeline("shapes")
   for fmt, recipe in EXPORTS:
     exporter.export_pipeline(pipe, exporter.ExportOptions(fmt=fmt, out=out, recipe=recipe))
   return out
@@ -72,14 +72,14 @@ def test_e2e_gate_holds_the_worst_prompt_to_the_threshold_too():
 
 @pytest.mark.parametrize("fmt,recipe", EXPORTS)
 def test_end_to_end_images_agree(out_dir, fmt, recipe):
-  folder = os.path.join(out_dir, "md-tiny", fmt, recipe)
+  folder = os.path.join(out_dir, "shapes", fmt, recipe)
   result = e2e.run(folder, ["a red circle", "a blue square"], seeds=1, steps=4)
   assert result["passed"], e2e.summary(result)
   assert result["mean_psnr_db"] >= e2e.E2E_PSNR_DB[recipe]
   assert result["worst_psnr_db"] >= e2e.E2E_PSNR_DB[recipe]
   for case in result["cases"]:
     assert len(case.drift_db) == 4  # one point per step
-    assert case.image.shape == (3, 128, 128)
+    assert case.image.shape == (3, 64, 64)
   if recipe != "fp32":
     assert result["mean_psnr_db"] < 100  # the quantized pipeline is not secretly fp32
 
@@ -87,7 +87,7 @@ def test_end_to_end_images_agree(out_dir, fmt, recipe):
 def test_onnx_and_tflite_agree(out_dir):
   images = []
   for fmt in ("onnx", "tflite"):
-    backend = gen.artifact_backend(os.path.join(out_dir, "md-tiny", fmt, "fp32"))
+    backend = gen.artifact_backend(os.path.join(out_dir, "shapes", fmt, "fp32"))
     images.append(gen.generate(backend, "a green star", steps=3, seed=2, progress=False).image)
   assert gen.image_psnr_db(images[0], images[1]) > 60
 
@@ -97,7 +97,7 @@ def test_generate_cli(out_dir, tmp_path, capsys):
   assert cli.main(["generate", "--prompt", "a red circle", "--out", str(png), "--steps", "3",
                    "--guidance", "2"]) == 0
   assert Image.open(png).size == (64, 64)  # the default model, shapes
-  folder = os.path.join(out_dir, "md-tiny", "onnx", "int8_dynamic")
+  folder = os.path.join(out_dir, "shapes", "onnx", "int8_dynamic")
   assert cli.main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "q.png"),
                    "--artifacts", folder, "--steps", "3"]) == 0
   out = capsys.readouterr().out
@@ -108,7 +108,7 @@ def test_parity_e2e_cli_and_report(out_dir, tmp_path, capsys):
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red circle\n")
   report = tmp_path / "r" / "report.html"
-  assert cli.main(["parity", os.path.join(out_dir, "md-tiny", "tflite"), "--e2e", "--prompts",
+  assert cli.main(["parity", os.path.join(out_dir, "shapes", "tflite"), "--e2e", "--prompts",
                    str(prompts), "--steps", "2", "--report", str(report), "--json"]) == 0
   summaries = json.loads(capsys.readouterr().out)
   assert {s["recipe"] for s in summaries} == {"fp32", "fp16"}
@@ -125,7 +125,7 @@ def test_e2e_below_threshold_names_the_dominant_component(out_dir, tmp_path, mon
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red circle\na blue square\n")
   report = tmp_path / "report.html"
-  assert cli.main(["parity", os.path.join(out_dir, "md-tiny", "tflite", "fp16"), "--e2e",
+  assert cli.main(["parity", os.path.join(out_dir, "shapes", "tflite", "fp16"), "--e2e",
                    "--prompts", str(prompts), "--steps", "2", "--report", str(report),
                    "--json"]) == 1
   captured = capsys.readouterr()
@@ -133,16 +133,16 @@ def test_e2e_below_threshold_names_the_dominant_component(out_dir, tmp_path, mon
   swaps = s["component_psnr_db"]
   assert set(swaps) == {"text_encoder", "unet", "vae_decoder"}
   assert s["dominant_component"] == min(swaps, key=swaps.get)
-  # Each swap moves the image, and less than all three exported components together do
-  # (fp16 error is tiny, so allow a little noise).
+  # Each swap moves the image, and about as much as all three exported components together
+  # or less (fp16 error is tiny and does not add up exactly: allow a few dB).
   assert all(v < 200 for v in swaps.values())
-  assert min(swaps.values()) >= s["mean_psnr_db"] - 1.0
+  assert min(swaps.values()) >= s["mean_psnr_db"] - 3.0
   assert "dominates" in captured.err and "short by" in captured.err
   assert "Below threshold" in report.read_text()
 
 
 def test_runtimes_agree_table(out_dir):
-  results = [e2e.run(os.path.join(out_dir, "md-tiny", fmt, "fp32"), ["a green star"], seeds=1,
+  results = [e2e.run(os.path.join(out_dir, "shapes", fmt, "fp32"), ["a green star"], seeds=1,
                      steps=2) for fmt in ("onnx", "tflite")]
   (row,) = e2e.runtimes_agree(results)
   assert set(row) == {"recipe", "onnx_vs_torch_db", "tflite_vs_torch_db", "onnx_vs_tflite_db"}

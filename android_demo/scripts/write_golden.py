@@ -96,10 +96,13 @@ def metric_cases():
   for scale in (0.0, 1e-4, 0.1, 0.5):
     reference = rng.standard_normal((2, 3, 4)).astype(np.float32)
     actual = (reference + scale * rng.standard_normal(reference.shape)).astype(np.float32)
-    report = parity.compare("x", [reference], [actual], parity.THRESHOLDS["int8_static"])
+    thresholds = parity.THRESHOLDS["int8_static"]
+    report = parity.compare("x", [reference], [actual], thresholds)
     cases.append({"reference": _floats(reference), "actual": _floats(actual),
                   "psnr_db": None if np.isinf(report.psnr_db) else report.psnr_db,
-                  "cosine": report.cosine, "max_abs": report.max_abs,
+                  "snr_db": None if np.isinf(report.snr_db) else report.snr_db,
+                  "pearson": report.pearson, "max_abs": report.max_abs,
+                  "thresholds": {"snr_db": thresholds.snr_db, "pearson": thresholds.pearson},
                   "passed": report.passed})
   return cases
 

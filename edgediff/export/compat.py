@@ -124,8 +124,9 @@ def check(fmt: str, path: str, samples, references, output: str, thresholds,
     entry = {"status": status}
     if status == "ran":
       report = parity.compare(runtime.name, references, [g[output] for g in got], thresholds)
-      entry.update(version=detail, psnr_db=report.psnr_db, cosine=report.cosine,
-                   passed=report.passed, failures=report.failures)
+      entry.update(version=detail, snr_db=report.snr_db, pearson=report.pearson,
+                   ssim=report.ssim, psnr_db=report.psnr_db, passed=report.passed,
+                   failures=report.failures)
       entry["status"] = "pass" if report.passed else "wrong"
     else:
       entry["error"] = detail
@@ -154,7 +155,7 @@ def summary(results: dict[str, dict]) -> str:
   parts = []
   for name, e in results.items():
     if e["status"] in ("pass", "wrong"):
-      parts.append(f"{name} {e['psnr_db']:.1f} dB {e['status']}")
+      parts.append(f"{name} snr {e['snr_db']:.1f} dB {e['status']}")
     else:
       parts.append(f"{name} {e['status']}")
   return "; ".join(parts)

@@ -321,8 +321,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
         onnx_lib.check(tmp_path)
     for i, r in enumerate((quant_info or {}).get("history", []), 1):
       kept = " (kept)" if i == quant_info["kept_round"] else ""
-      log(f"[{component}] fallback round {i}: {r['float']} tensors in float, psnr "
-          f"{r['psnr_db']:.1f} dB, cosine {r['cosine']:.6f}{kept}")
+      log(f"[{component}] fallback round {i}: {r['float']} tensors in float, snr "
+          f"{r['snr_db']:.1f} dB, pearson {r['pearson']:.6f}{kept}")
     convert_s = time.perf_counter() - started
     runner = runtimes.load_runner(opts.fmt, tmp_path)
     actuals = [runner(f)[output_name] for f in samples]
@@ -346,12 +346,11 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     shutil.rmtree(tmp_dir, ignore_errors=True)  # whatever a failed or killed step left
   path = os.path.join(folder, component + ext)
   files = artifact_files(path)
-  wrong_in_old = compat.failures(old)
+  wrong_in_old = compat.failures(old) if report.passed else []  # else said by the gate already
   passed = report.passed and not wrong_in_old
   status = "passed" if passed else "FAILED"
   also = f"; {compat.summary(old)}" if old else ""
-  log(f"[{component}] parity {status}: psnr {report.psnr_db:.1f} dB, cosine "
-      f"{report.cosine:.6f}, max abs {report.max_abs:.3g}{also} (converted in "
+  log(f"[{component}] parity {status}: {report.summary()}{also} (converted in "
       f"{convert_s:.1f} s, checked in {time.perf_counter() - started - convert_s:.1f} s)")
   for failure in wrong_in_old:
     log(f"[{component}] {failure}")
@@ -383,6 +382,20 @@ def _source_stamp(source: dict) -> list:
       paths += [os.path.join(folder, n) for n in sorted(os.listdir(folder))] if os.path.isdir(
           folder) else []
   return [[p, os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths if os.path.isfile(p)]
+
+
+def _check_enough_prompts(pipe, opts: ExportOptions, components: list[str]) -> None:
+  """Refuses, before the recording, a prompt set too small for the gate to hold out its
+  samples: the text encoder and the decoder get one recorded input per prompt (the empty one
+  included), the UNet one per prompt and step; --cfg pairs them."""
+  prompts = len(opts.calib_prompts or pipe.prompts) + 1
+  for component in components:
+    recorded = prompts * (calibration.STEPS if component == "unet" else 1) // opts.batch
+    if recorded <= PARITY_SAMPLES:
+      raise EdgediffError(
+          f"{component}: {prompts} prompts (the empty one included) give {recorded} recorded "
+          f"calibration inputs, but {PARITY_SAMPLES} are held out to gate on and at least one "
+          f"must calibrate: give more prompts with --calib-prompts")
 
 
 def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> dict:
@@ -503,6 +516,7 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
       # Real text embeddings of real prompts for the UNet's inputs.
       text_encoder = pipe.build("text_encoder", required=False)
     if opts.recipe in recipes.CALIBRATED and calib is None:
+      _check_enough_prompts(pipe, opts, todo)
       calib = _calibration(pipe, opts, latent_size, folder)
     entry = export_component(pipe, component, opts, folder, latent_size, text_encoder,
                              calib and calibration.batched(calib[component], opts.batch),
@@ -530,8 +544,9 @@ def _candidate_components(manifest: dict) -> dict:
   """Per component: the gate's verdict and numbers, and what calibration and fallback did."""
   out = {}
   for component, entry in manifest["components"].items():
-    row = {"passed": entry["passed"], "psnr_db": round(entry["parity"]["psnr_db"], 2),
-           "cosine": round(entry["parity"]["cosine"], 6)}
+    row = {"passed": entry["passed"], "snr_db": round(entry["parity"]["snr_db"], 2),
+           "pearson": round(entry["parity"]["pearson"], 6),
+           "psnr_db": round(entry["parity"]["psnr_db"], 2)}
     quant = entry.get("quantization")
     if quant:
       row.update(calibration_samples=quant["calibration_samples"], rounds=quant["rounds"],

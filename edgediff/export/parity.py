@@ -1,4 +1,10 @@
-"""The parity gate: an artifact's outputs against PyTorch fp32, with numbers and a verdict."""
+"""The parity gate: an artifact's outputs against PyTorch fp32, with numbers and a verdict.
+
+It holds SNR over the reference's variance and the Pearson correlation, and SSIM for images,
+to per-recipe thresholds: figures that an output filled with the reference's mean, or the
+reference plus noise, cannot reach (PSNR over the range and the uncentred cosine could be
+fooled by both, and are kept for the record).
+"""
 
 import dataclasses
 
@@ -7,18 +13,24 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-  psnr_db: float  # minimum PSNR over the reference output's range, worst sample
-  cosine: float  # minimum cosine similarity, worst sample
+  snr_db: float  # minimum SNR over the reference's variance, worst sample
+  pearson: float  # minimum Pearson correlation (centred cosine), worst sample
+  ssim: float  # minimum mean SSIM, worst sample, for image outputs (the decoder's)
 
 
-# Per recipe; fp32 differs from PyTorch by float reassociation only.
+# Per recipe, set between what real artifacts of the shipped model score and what outputs
+# that are wrong score (benchmarks/gate_metrics.py; the README's table): the reference plus
+# Gaussian noise at 0.1x its standard deviation gives SNR 19.6-20.0 dB, Pearson <= 0.995
+# and SSIM 0.983, and must fail every recipe's gate; the int8 artifacts that are right
+# score SNR >= 25.1 dB, Pearson >= 0.9986, SSIM >= 0.9969. fp32 differs from PyTorch by
+# float reassociation only (SNR >= 114 dB), fp16 by its rounding (SNR >= 57 dB).
 THRESHOLDS = {
-    "fp32": Thresholds(psnr_db=60.0, cosine=0.99999),
-    "fp16": Thresholds(psnr_db=40.0, cosine=0.9999),
-    "int8_weight_only": Thresholds(psnr_db=30.0, cosine=0.999),
-    "w8a16": Thresholds(psnr_db=30.0, cosine=0.999),
-    "int8_dynamic": Thresholds(psnr_db=25.0, cosine=0.995),
-    "int8_static": Thresholds(psnr_db=20.0, cosine=0.99),
+    "fp32": Thresholds(snr_db=80.0, pearson=0.99999, ssim=0.9999),
+    "fp16": Thresholds(snr_db=40.0, pearson=0.9999, ssim=0.999),
+    "int8_weight_only": Thresholds(snr_db=25.0, pearson=0.999, ssim=0.99),
+    "w8a16": Thresholds(snr_db=25.0, pearson=0.999, ssim=0.99),
+    "int8_dynamic": Thresholds(snr_db=22.0, pearson=0.997, ssim=0.99),
+    "int8_static": Thresholds(snr_db=22.0, pearson=0.997, ssim=0.99),
 }
 
 
@@ -27,8 +39,11 @@ class ParityReport:
   component: str
   max_abs: float
   mean_abs: float
-  cosine: float
-  psnr_db: float
+  snr_db: float
+  pearson: float
+  ssim: float | None  # image outputs only
+  psnr_db: float  # over the reference's range: reported, not gated
+  cosine: float  # uncentred: reported, not gated
   samples: int
   thresholds: Thresholds
   passed: bool = dataclasses.field(init=False)
@@ -36,15 +51,24 @@ class ParityReport:
 
   def __post_init__(self):
     self.failures = []
-    if not self.psnr_db >= self.thresholds.psnr_db:
+    if not self.snr_db >= self.thresholds.snr_db:
       self.failures.append(
-          f"{self.component}: psnr_db {self.psnr_db:.2f} < {self.thresholds.psnr_db} "
-          f"(short by {self.thresholds.psnr_db - self.psnr_db:.2f} dB)")
-    if not self.cosine >= self.thresholds.cosine:
+          f"{self.component}: snr_db {self.snr_db:.2f} < {self.thresholds.snr_db} "
+          f"(short by {self.thresholds.snr_db - self.snr_db:.2f} dB)")
+    if not self.pearson >= self.thresholds.pearson:
       self.failures.append(
-          f"{self.component}: cosine {self.cosine:.6f} < {self.thresholds.cosine} "
-          f"(short by {self.thresholds.cosine - self.cosine:.2e})")
+          f"{self.component}: pearson {self.pearson:.6f} < {self.thresholds.pearson} "
+          f"(short by {self.thresholds.pearson - self.pearson:.2e})")
+    if self.ssim is not None and not self.ssim >= self.thresholds.ssim:
+      self.failures.append(
+          f"{self.component}: ssim {self.ssim:.4f} < {self.thresholds.ssim} "
+          f"(short by {self.thresholds.ssim - self.ssim:.4f})")
     self.passed = not self.failures
+
+  def summary(self) -> str:
+    ssim = "" if self.ssim is None else f", ssim {self.ssim:.4f}"
+    return (f"snr {self.snr_db:.1f} dB, pearson {self.pearson:.6f}{ssim} (psnr "
+            f"{self.psnr_db:.1f} dB)")
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)
@@ -99,14 +123,23 @@ def cosine(reference: np.ndarray, actual: np.ndarray) -> float:
   return float(a @ b / denom) if denom else float(np.array_equal(a, b))
 
 
+def is_image(output: np.ndarray) -> bool:
+  """A batch of RGB images (the decoder's output), NCHW or NHWC."""
+  return output.ndim == 4 and 3 in (output.shape[1], output.shape[-1])
+
+
 def compare(component: str, references: list[np.ndarray], actuals: list[np.ndarray],
             thresholds: Thresholds) -> ParityReport:
-  """Worst case over samples for PSNR and cosine; max and mean over all elements for errors."""
+  """Worst case over samples for every figure; max and mean over all elements for errors."""
   errors = [np.abs(r.astype(np.float64) - a) for r, a in zip(references, actuals)]
+  pairs = list(zip(references, actuals))
   return ParityReport(
       component=component,
       max_abs=float(max(e.max() for e in errors)),
       mean_abs=float(np.mean([e.mean() for e in errors])),
-      cosine=min(cosine(r, a) for r, a in zip(references, actuals)),
-      psnr_db=min(psnr_db(r, a) for r, a in zip(references, actuals)),
+      snr_db=min(snr_db(r, a) for r, a in pairs),
+      pearson=min(pearson(r, a) for r, a in pairs),
+      ssim=min(ssim(r, np.clip(a, 0, 1)) for r, a in pairs) if is_image(references[0]) else None,
+      psnr_db=min(psnr_db(r, a) for r, a in pairs),
+      cosine=min(cosine(r, a) for r, a in pairs),
       samples=len(references), thresholds=thresholds)

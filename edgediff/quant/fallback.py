@@ -29,9 +29,10 @@ def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
   for round_ in range(1, MAX_ROUNDS + 1):
     run = quantize([e[key] for e in excluded])
     report = parity.compare("", references, [run(f)[output] for f in samples], thresholds)
-    history.append({"float": len(excluded), "psnr_db": round(report.psnr_db, 2),
-                    "cosine": round(report.cosine, 6), "passed": report.passed})
-    score = (report.passed, report.psnr_db if math.isfinite(report.psnr_db) else -math.inf)
+    history.append({"float": len(excluded), "snr_db": round(report.snr_db, 2),
+                    "pearson": round(report.pearson, 6), "psnr_db": round(report.psnr_db, 2),
+                    "passed": report.passed})
+    score = (report.passed, report.snr_db if math.isfinite(report.snr_db) else -math.inf)
     if not best or score > best[0]:
       best = (score, list(excluded), round_)
     if report.passed or round_ == MAX_ROUNDS:

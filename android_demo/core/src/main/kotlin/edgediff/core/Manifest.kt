@@ -18,8 +18,8 @@ class ComponentEntry(
     val inputs: List<TensorSpec>,
     val outputs: List<TensorSpec>,
     val golden: String,
-    val psnrThreshold: Double,
-    val cosineThreshold: Double,
+    val snrThreshold: Double,
+    val pearsonThreshold: Double,
     val passed: Boolean
 )
 
@@ -70,8 +70,8 @@ class Manifest(
           },
           layout = e["layout"] as? String ?: "NCHW",
           inputs = e.list("inputs").map { spec(it) }, outputs = e.list("outputs").map { spec(it) },
-          golden = e.str("golden"), psnrThreshold = thresholds.num("psnr_db"),
-          cosineThreshold = thresholds.num("cosine"), passed = e.bool("passed"))
+          golden = e.str("golden"), snrThreshold = thresholds.num("snr_db"),
+          pearsonThreshold = thresholds.num("pearson"), passed = e.bool("passed"))
     }
 
     private fun spec(value: Any?): TensorSpec {
@@ -88,8 +88,8 @@ class ComponentVerdict(val component: String, val problems: List<String>, val re
   override fun toString(): String = when {
     problems.isNotEmpty() -> "$component: FAILED: ${problems.joinToString("; ")}"
     report == null -> "$component: not run"
-    else -> "$component: ${if (report.passed) "passed" else "FAILED"}: psnr %.1f dB, cosine %.6f%s".format(
-        report.psnrDb, report.cosine, if (report.passed) "" else " (" + report.failures.joinToString("; ") + ")")
+    else -> "$component: ${if (report.passed) "passed" else "FAILED"}: snr %.1f dB, pearson %.6f%s".format(
+        report.snrDb, report.pearson, if (report.passed) "" else " (" + report.failures.joinToString("; ") + ")")
   }
 }
 
@@ -140,7 +140,7 @@ object Verify {
           "expected ${expected.shape.contentToString()}"), null)
     }
     val report = Metrics.compare(listOf(expected.toFloats()), listOf(actual.toFloats()),
-                                 entry.psnrThreshold, entry.cosineThreshold)
+                                 entry.snrThreshold, entry.pearsonThreshold)
     return ComponentVerdict(entry.name, emptyList(), report)
   }
 }

@@ -1,19 +1,22 @@
 package edgediff.core
 
 /** A parity check's numbers and verdict, as edgediff/export/parity.py computes them: the
- * worst sample's PSNR (over the reference's value range) and cosine, the largest absolute
- * error, held to the manifest's thresholds. */
+ * worst sample's SNR (over the reference's variance) and Pearson correlation, held to the
+ * manifest's thresholds, with its PSNR (over the reference's value range) and largest
+ * absolute error for the record. The host's gate also holds decoded images to an SSIM
+ * threshold; the device checks the two figures that every component has. */
 class ParityReport(
     val maxAbs: Double,
     val psnrDb: Double,
-    val cosine: Double,
-    val psnrThreshold: Double,
-    val cosineThreshold: Double
+    val snrDb: Double,
+    val pearson: Double,
+    val snrThreshold: Double,
+    val pearsonThreshold: Double
 ) {
   val failures: List<String> get() {
     val out = ArrayList<String>()
-    if (!(psnrDb >= psnrThreshold)) out.add("psnr %.2f dB < %s".format(psnrDb, psnrThreshold))
-    if (!(cosine >= cosineThreshold)) out.add("cosine %.6f < %s".format(cosine, cosineThreshold))
+    if (!(snrDb >= snrThreshold)) out.add("snr %.2f dB < %s".format(snrDb, snrThreshold))
+    if (!(pearson >= pearsonThreshold)) out.add("pearson %.6f < %s".format(pearson, pearsonThreshold))
     return out
   }
   val passed: Boolean get() = failures.isEmpty()
@@ -37,14 +40,36 @@ object Metrics {
     return if (mse == 0.0) Double.POSITIVE_INFINITY else 10 * Math.log10(peak * peak / mse)
   }
 
-  fun cosine(reference: FloatArray, actual: FloatArray): Double {
+  /** 10 log10(variance of the reference / mean squared error). */
+  fun snrDb(reference: FloatArray, actual: FloatArray): Double {
     requireSameSize(reference, actual)
+    val mean = reference.fold(0.0) { acc, v -> acc + v } / reference.size
+    var variance = 0.0
+    var sum = 0.0
+    for (i in reference.indices) {
+      val r = reference[i].toDouble()
+      val d = r - actual[i].toDouble()
+      variance += (r - mean) * (r - mean)
+      sum += d * d
+    }
+    return when {
+      sum == 0.0 -> Double.POSITIVE_INFINITY
+      variance == 0.0 -> Double.NEGATIVE_INFINITY
+      else -> 10 * Math.log10(variance / sum)
+    }
+  }
+
+  /** The centred cosine (Pearson's r): a constant output scores 0. */
+  fun pearson(reference: FloatArray, actual: FloatArray): Double {
+    requireSameSize(reference, actual)
+    val ma = reference.fold(0.0) { acc, v -> acc + v } / reference.size
+    val mb = actual.fold(0.0) { acc, v -> acc + v } / actual.size
     var dot = 0.0
     var na = 0.0
     var nb = 0.0
     for (i in reference.indices) {
-      val a = reference[i].toDouble()
-      val b = actual[i].toDouble()
+      val a = reference[i] - ma
+      val b = actual[i] - mb
       dot += a * b
       na += a * a
       nb += b * b
@@ -62,15 +87,16 @@ object Metrics {
     return worst
   }
 
-  fun compare(references: List<FloatArray>, actuals: List<FloatArray>, psnrThreshold: Double,
-              cosineThreshold: Double): ParityReport {
+  fun compare(references: List<FloatArray>, actuals: List<FloatArray>, snrThreshold: Double,
+              pearsonThreshold: Double): ParityReport {
     require(references.size == actuals.size && references.isNotEmpty()) { "samples do not pair up" }
     val pairs = references.zip(actuals)
     return ParityReport(
         maxAbs = pairs.map { maxAbs(it.first, it.second) }.reduce { a, b -> Math.max(a, b) },
         psnrDb = pairs.map { psnrDb(it.first, it.second) }.reduce { a, b -> Math.min(a, b) },
-        cosine = pairs.map { cosine(it.first, it.second) }.reduce { a, b -> Math.min(a, b) },
-        psnrThreshold = psnrThreshold, cosineThreshold = cosineThreshold)
+        snrDb = pairs.map { snrDb(it.first, it.second) }.reduce { a, b -> Math.min(a, b) },
+        pearson = pairs.map { pearson(it.first, it.second) }.reduce { a, b -> Math.min(a, b) },
+        snrThreshold = snrThreshold, pearsonThreshold = pearsonThreshold)
   }
 
   private fun requireSameSize(a: FloatArray, b: FloatArray) =

@@ -82,12 +82,16 @@ class CoreTest {
   @Test fun metricsMatchTheParityGate() {
     for (case in golden.list("metrics")) {
       val c = case as Map<String, Any?>
+      val thresholds = c.obj("thresholds")
       val report = Metrics.compare(listOf(c.list("reference").floats()), listOf(c.list("actual").floats()),
-                                   20.0, 0.99)
+                                   thresholds.num("snr_db"), thresholds.num("pearson"))
       val psnr = c["psnr_db"] as Double?
       if (psnr == null) assertEquals(Double.POSITIVE_INFINITY, report.psnrDb, 0.0)
       else assertEquals(psnr, report.psnrDb, 1e-9 * Math.abs(psnr))
-      assertEquals(c.num("cosine"), report.cosine, 1e-12)
+      val snr = c["snr_db"] as Double?
+      if (snr == null) assertEquals(Double.POSITIVE_INFINITY, report.snrDb, 0.0)
+      else assertEquals(snr, report.snrDb, 1e-9 * Math.abs(snr))
+      assertEquals(c.num("pearson"), report.pearson, 1e-12)
       assertEquals(c.num("max_abs"), report.maxAbs, 0.0)
       assertEquals(c.bool("passed"), report.passed)
     }
