@@ -95,7 +95,8 @@ def cmd_export(args) -> int:
       components=tuple(args.component or exporter.COMPONENTS),
       batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort,
       nhwc=args.nhwc, calib_prompts=_read_prompts(args.calib_prompts),
-      max_memory_gb=args.max_memory, skip_runtimes=tuple(args.skip_runtime or ()))
+      max_memory_gb=args.max_memory, skip_runtimes=tuple(args.skip_runtime or ()),
+      guidance=args.guidance if args.guidance is not None else (7.5 if args.cfg else 1.0))
   if args.int8:
     manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout)
   else:
@@ -428,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the RAM available when it starts)")
   p.add_argument("--candidate-timeout", type=_positive_float, metavar="SECONDS",
                  help="--int8: give up on a candidate recipe after this long")
+  p.add_argument("--guidance", type=_finite_float, metavar="SCALE",
+                 help="the guidance scale the app samples with: calibration records both "
+                      "branches at it (default 7.5 with --cfg, else 1)")
   p.add_argument("--skip-runtime", action="append", metavar="NAME",
                  choices=compat.NAMES,
                  help="leave an old runtime out of the gate (repeatable; by default every "

@@ -190,6 +190,23 @@ def test_binary_calibration_prompts(tmp_path, capsys):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("content", ["", "\n  \n\n"])
+def test_empty_calibration_prompts(tmp_path, capsys, content):
+  path = tmp_path / "prompts.txt"
+  path.write_text(content)
+  code, err = _run(capsys, "export", "--fmt", "onnx", "--quant", "int8_static",
+                   "--calib-prompts", str(path), "--out", str(tmp_path / "out"))
+  assert code == 2 and f"{path}: no prompts in it" in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_cfg_without_a_guidance_scale_is_refused(tmp_path, capsys):
+  code, err = _run(capsys, "export", "--fmt", "onnx", "--cfg", "--guidance", "1",
+                   "--out", str(tmp_path / "out"))
+  assert code == 2 and "--cfg exports a UNet that takes both guidance branches" in err
+  assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["generate", "--steps", "0"], "argument --steps: 0: must be 1 or more"),
     (["generate", "--steps", "-3"], "argument --steps: -3: must be 1 or more"),

@@ -217,7 +217,8 @@ def test_a_failed_gate_exits_1_marks_the_manifest_and_is_not_skipped(tmp_path, c
   from edgediff.export import parity
 
   # A threshold no fp32 artifact can meet: the gate fails on a real export.
-  monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(snr_db=500.0, pearson=1.0, ssim=1.0))
+  monkeypatch.setitem(parity.THRESHOLDS, "fp32",
+                      parity.Thresholds(snr_db=500.0, pearson=1.0, ssim=1.0))
   argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "text_encoder", "--out",
           str(tmp_path)]
   assert cli.main(argv) == 1

@@ -45,6 +45,26 @@ def test_thresholds_are_tighter_for_fp16_than_int8():
     assert fp16.pearson > parity.THRESHOLDS[recipe].pearson
 
 
+@pytest.mark.parametrize("wrong", ["noise 0.1x", "noise 0.3x", "noise 0.5x", "mean", "zeros",
+                                   "shuffled"])
+def test_no_recipe_passes_a_wrong_output(wrong):
+  # PSNR over the range and the uncentred cosine let noise at 0.5x the output's standard
+  # deviation through the int8_static gate, and scored an image filled with its mean 0.97.
+  rng = np.random.default_rng(0)
+  image = np.clip(rng.standard_normal((1, 3, 64, 64)).cumsum(axis=-1) * 0.05 + 0.5, 0, 1)
+  latent = rng.standard_normal((1, 8, 8, 8))
+  for reference in (image.astype(np.float32), latent.astype(np.float32)):
+    noise = rng.standard_normal(reference.shape) * reference.std()
+    actual = {"noise 0.1x": reference + 0.1 * noise, "noise 0.3x": reference + 0.3 * noise,
+              "noise 0.5x": reference + 0.5 * noise,
+              "mean": np.full_like(reference, reference.mean()),
+              "zeros": np.zeros_like(reference),
+              "shuffled": rng.permutation(reference.ravel()).reshape(reference.shape)}[wrong]
+    for recipe, thresholds in parity.THRESHOLDS.items():
+      report = parity.compare("x", [reference], [actual.astype(np.float32)], thresholds)
+      assert not report.passed, (recipe, wrong, report.summary())
+
+
 def test_same_command_gives_byte_identical_artifacts(out_dir):
   first = _export(out_dir, "tflite", "int8_dynamic", ("vae_decoder",))
   second = _export(out_dir, "tflite", "int8_dynamic", ("vae_decoder",), force=True)

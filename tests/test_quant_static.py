@@ -26,10 +26,12 @@ def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
     entry = manifest["components"][component]
     info = entry["quantization"]
     assert info["calibration_samples"] > 0
-    report = entry["parity"]
-    # The artifact left is the round the fallback kept, measured again by the gate.
-    kept = info["history"][info["kept_round"] - 1]
-    assert info["rounds"] == len(info["history"]) and kept["snr_db"] == round(report["snr_db"], 2)
+    # The artifact left is the fallback's best round, as measured on its own samples (the
+    # gate then judges it on held-out ones).
+    best = max(info["history"], key=lambda h: (h["passed"], h["snr_db"]))
+    assert info["rounds"] == len(info["history"])
+    assert info["history"][info["kept_round"] - 1] == best
+    assert (info["kept_round"] > 1) == bool(info["fallback"])  # kept in float after round 1
     assert all(f["node"] and "snr_db" in f for f in info["fallback"])
   # UNet inputs recorded at timesteps across the whole DDIM trajectory, both prompts kinds.
   from edgediff.quant import calibration
@@ -38,6 +40,45 @@ def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
   steps = sorted({float(f["timestep"][0]) for f in unet})
   assert steps[0] <= 1 and steps[-1] >= 800 and len(steps) == 8
   assert len(unet) == 8 * 9  # (empty prompt + 8 shipped prompts) x 8 steps
+
+
+def test_calibration_records_both_guidance_branches_in_pairs():
+  from edgediff.models.text_encoder import tokenize
+  from edgediff.quant import calibration
+
+  pipe = pipeline.open_pipeline("md-tiny")
+  guided = calibration.record(pipe, pipe.latent_size, ["a red circle"], steps=2, guidance=3.0)
+  unet = guided["unet"]
+  assert len(unet) == 2 * 2 * 2  # (empty prompt + 1) x 2 steps x 2 branches
+  empty = pipe.build("text_encoder")(tokenize([""], pipe.tokenizer)).detach().numpy()
+  for pair in calibration.batched(unet, 2):  # what a --cfg UNet is calibrated on
+    assert np.array_equal(pair["sample"][0], pair["sample"][1])
+    assert pair["timestep"][0] == pair["timestep"][1]
+    np.testing.assert_allclose(pair["encoder_hidden_states"][:1], empty, atol=1e-6)
+  assert not np.allclose(unet[-1]["encoder_hidden_states"], empty)  # the prompt's branch
+  # Guidance changes the trajectory: the recorded latents are not guidance 1's.
+  plain = calibration.record(pipe, pipe.latent_size, ["a red circle"], steps=2)["unet"]
+  assert len(plain) == 2 * 2
+  assert not np.allclose(plain[-1]["sample"], unet[-1]["sample"])
+
+
+def test_a_calibration_recording_is_reused_until_its_settings_change(tmp_path, capsys):
+  import dataclasses
+
+  pipe = pipeline.open_pipeline("md-tiny")
+  opts = exporter.ExportOptions(fmt="onnx", out=str(tmp_path), recipe="int8_static",
+                                calib_prompts=("a red circle", "a blue square"))
+  for fmt, recipe, guidance in (("onnx", "int8_static", 1.0), ("tflite", "w8a16", 1.0),
+                                ("tflite", "w8a16", 3.0)):
+    folder = tmp_path / "md-tiny" / fmt / recipe / str(guidance)
+    folder.mkdir(parents=True)
+    exporter._calibration(pipe, dataclasses.replace(opts, fmt=fmt, recipe=recipe,
+                                                    guidance=guidance), 4, str(folder))
+    assert (folder / "calibration.npz").is_file()
+  err = capsys.readouterr().err
+  # Recorded for the first, reused by the second; another guidance is another trajectory.
+  assert err.count("calibration: recording") == 2 and err.count("calibration: reusing") == 1
+  assert len(list((tmp_path / "md-tiny" / "calibration").glob("*.npz"))) == 2
 
 
 def test_static_calibration_is_byte_identical(tmp_path):
@@ -54,11 +95,14 @@ def _export_shapes(out_dir, fmt, recipe, components, force=False):
 def _check_calibrated(manifest, recipe):
   for component in ("vae_decoder",):
     entry = manifest["components"][component]
-    info, report = entry["quantization"], entry["parity"]
+    info = entry["quantization"]
     assert info["calibration_samples"] > 0
-    # The artifact left is the round the fallback kept, measured again by the gate.
-    kept = info["history"][info["kept_round"] - 1]
-    assert info["rounds"] == len(info["history"]) and kept["snr_db"] == round(report["snr_db"], 2)
+    # The artifact left is the fallback's best round, as measured on its own samples (the
+    # gate then judges it on held-out ones).
+    best = max(info["history"], key=lambda h: (h["passed"], h["snr_db"]))
+    assert info["rounds"] == len(info["history"])
+    assert info["history"][info["kept_round"] - 1] == best
+    assert (info["kept_round"] > 1) == bool(info["fallback"])  # kept in float after round 1
     assert all(f["tensor"] and "snr_db" in f for f in info["fallback"])
     assert entry["inputs"][0]["dtype"] == "float32"  # float I/O, whatever the recipe
     assert entry["parity_inputs"] == "held out of the calibration recording"
@@ -100,6 +144,16 @@ def test_onnx_static_keeps_the_causal_mask_in_float(tmp_path):
   assert entry["passed"], entry["parity"]["failures"]
   first = entry["quantization"]["fallback"][:2]
   assert all(f["snr_db"] is None for f in first), first
+  # QDQ at opset 19: onnx's reference evaluator runs it too, and agrees with onnxruntime.
+  import onnx
+  from onnx.reference import ReferenceEvaluator
+
+  model = onnx.load(os.path.join(manifest["folder"], entry["file"]))
+  assert {o.domain: o.version for o in model.opset_import}[""] == 19 and model.ir_version == 9
+  golden = np.load(os.path.join(manifest["folder"], entry["golden"]))
+  got = ReferenceEvaluator(model).run(None, {"input_ids": golden["input_ids"]})[0]
+  expected = golden["expected_last_hidden_state"]
+  assert parity.snr_db(expected, got) >= entry["parity"]["snr_db"] - 1
   # uint8 weights: with int8 ones, onnxruntime's kernels on x86 CPUs without VNNI saturate
   # (the trained decoder then gave 16 dB, with every node quantized).
   import onnx

@@ -53,6 +53,7 @@ class ExportOptions:
   nhwc: bool = False  # channel-last 4-D inputs and outputs (tflite only)
   max_memory_gb: float | None = None  # the preflight's budget; None: the RAM available now
   skip_runtimes: tuple[str, ...] = ()  # old runtimes (compat.NAMES) the gate leaves out
+  guidance: float = 1.0  # the scale the app samples with: calibration records at it
 
 
 def sha256(path: str) -> str:
@@ -94,6 +95,7 @@ def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
           "thresholds": dataclasses.asdict(parity.THRESHOLDS[opts.recipe]),
           "batch": opts.batch, "latent_size": latent_size, "nhwc": opts.nhwc, "ort": opts.ort,
           "calib_prompts": opts.calib_prompts and list(opts.calib_prompts),
+          "guidance": opts.guidance,
           "old_runtimes": [r.name for r in compat.for_format(opts.fmt, opts.skip_runtimes)]}
 
 
@@ -165,7 +167,8 @@ def _write_float(opts: ExportOptions, module, samples: list[dict[str, np.ndarray
 def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, references,
               output_name: str, calib) -> dict | None:
   """Writes the `opts.recipe` artifact from the fp32 model; returns what a calibrated recipe
-  did (None otherwise). The fp32 model and its data are removed."""
+  did (None otherwise). `samples` and `references` are what fallback stops on. The fp32
+  model and its data are removed."""
   info = None
   if opts.fmt == "onnx":
     if opts.recipe == "int8_static":
@@ -290,12 +293,20 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     parity_inputs = "representative"
   estimate = _preflight(component, opts, estimate or _estimate(opts, module, latent_size))
   references = torch_outputs(module, samples)
+  # Fallback decides when to stop on calibration samples of its own, so that the gate's
+  # held-out samples judge an artifact that nothing was tuned on.
+  stop = calib and calibration.spread(calib, PARITY_SAMPLES, seed=1)
+  stop_references = stop and torch_outputs(module, stop)
   if not all(np.isfinite(r).all() for r in references):
     raise EdgediffError(f"{component}: PyTorch fp32's own output is not finite on the gate's "
                         f"inputs (finite weights that overflow): there is nothing to match")
   # What the artifact takes and gives: the same tensors, channel-last with --nhwc.
   samples = [to_layout(f, opts.nhwc) for f in samples]
   references = [to_layout({output_name: r}, opts.nhwc)[output_name] for r in references]
+  if stop:
+    stop = [to_layout(f, opts.nhwc) for f in stop]
+    stop_references = [to_layout({output_name: r}, opts.nhwc)[output_name]
+                       for r in stop_references]
   if opts.nhwc:
     import litert_torch
 
@@ -314,9 +325,11 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       fp32_path = _write_float(opts, module, samples, output_name, tmp_path)
       del module  # the quantizers read the fp32 file: the module's weights are not needed
       gc.collect()
-      quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, samples, references,
+      quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, stop, stop_references,
                                            output_name, calib)
       if opts.fmt == "onnx":  # every ONNX written, quantized ones too
+        if opts.recipe == "int8_static":
+          onnx_lib.raise_opset(tmp_path, onnx_lib.QDQ_OPSET)
         onnx_lib.set_ir_version(tmp_path)
         onnx_lib.check(tmp_path)
     for i, r in enumerate((quant_info or {}).get("history", []), 1):
@@ -389,8 +402,10 @@ def _check_enough_prompts(pipe, opts: ExportOptions, components: list[str]) -> N
   samples: the text encoder and the decoder get one recorded input per prompt (the empty one
   included), the UNet one per prompt and step; --cfg pairs them."""
   prompts = len(opts.calib_prompts or pipe.prompts) + 1
+  branches = 2 if opts.guidance != 1 else 1
   for component in components:
-    recorded = prompts * (calibration.STEPS if component == "unet" else 1) // opts.batch
+    calls = {"unet": calibration.STEPS * branches, "text_encoder": branches}.get(component, 1)
+    recorded = prompts * calls // opts.batch
     if recorded <= PARITY_SAMPLES:
       raise EdgediffError(
           f"{component}: {prompts} prompts (the empty one included) give {recorded} recorded "
@@ -407,8 +422,10 @@ def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> di
   calibration.npz.
   """
   prompts = list(opts.calib_prompts or pipe.prompts)
+  # Recorded batch-1 in either case: a --cfg UNet's feeds pair up as the pipeline calls them.
+  guidance = opts.guidance
   settings = {"source": pipe.source, "stamp": _source_stamp(pipe.source),
-              "latent_size": latent_size, "prompts": prompts,
+              "latent_size": latent_size, "prompts": prompts, "guidance": guidance,
               "steps": calibration.STEPS, "edgediff": edgediff.__version__}
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
   shared = os.path.join(opts.out, pipe.name, "calibration", key + ".npz")
@@ -418,9 +435,9 @@ def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> di
     data = calibration.load_all(shared)
   else:
     log(f"calibration: recording {len(prompts) + 1} prompts x {calibration.STEPS} DDIM steps "
-        f"in PyTorch fp32")
+        f"at guidance {guidance:g} in PyTorch fp32")
     started = time.perf_counter()
-    data = calibration.record(pipe, latent_size, prompts)
+    data = calibration.record(pipe, latent_size, prompts, guidance=guidance)
     calibration.save(data, shared)
     log(f"calibration: recorded {sum(len(v) for v in data.values())} inputs in "
         f"{time.perf_counter() - started:.0f} s")
@@ -435,6 +452,9 @@ def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
   recipes.check_recipe(opts.fmt, opts.recipe)
   if opts.ort and opts.fmt != "onnx":
     raise EdgediffError("--ort writes the ONNX Runtime mobile format: use it with --fmt onnx")
+  if opts.batch == 2 and opts.guidance == 1:
+    raise EdgediffError("--cfg exports a UNet that takes both guidance branches in one call: "
+                        "give the guidance scale it will sample with (--guidance, above 1)")
   if opts.nhwc and opts.fmt != "tflite":
     raise EdgediffError("--nhwc changes the TFLite interface: use it with --fmt tflite")
   latent_size = opts.latent_size or pipe.latent_size

@@ -60,6 +60,28 @@ def export_onnx(module: nn.Module, feeds: dict[str, torch.Tensor], output_names,
 IR_VERSION = 9
 
 
+# QDQ models are declared at opset 19: onnx's reference evaluator (1.23) has no
+# DequantizeLinear below 19, so a QDQ model at 18 runs only in onnxruntime.
+QDQ_OPSET = 19
+
+
+def raise_opset(path: str, opset: int) -> None:
+  """Declares the default domain's opset as `opset` in the model at `path` (weights stay
+  where they are). Only from 18 to 19: opset 19 extends 18's ops (float8 types, Pad's wrap
+  mode, Resize's half_pixel_symmetric, AveragePool's dilations) and changes nothing that a
+  graph at 18 can say, so it computes the same."""
+  import onnx
+
+  model = onnx.load(path, load_external_data=False)
+  for entry in model.opset_import:
+    if entry.domain in ("", "ai.onnx"):
+      if not OPSET <= entry.version <= opset == QDQ_OPSET:
+        raise ValueError(f"{path}: opset {entry.version} cannot be declared {opset} as is")
+      entry.version = opset
+  onnx.save(model, path)
+  del model
+
+
 def check(path: str) -> None:
   """onnx.checker on the model at `path`, with shape inference (its full check) unless its
   weights are external data, which the full check would load whole."""

@@ -1,10 +1,14 @@
 """Calibration data that represents diffusion: inputs recorded along real sampling runs.
 
-The float pipeline generates from a prompt set (the shipped prompts, or the user's), with
-the unconditional (empty) prompt as one of them so that both guidance branches are seen;
-every UNet call along the DDIM trajectory is recorded (timesteps spread over the whole
-schedule), the decoder sees the final latents, the text encoder the prompts' tokens. One
-dataset, saved as calibration.npz, feeds both onnxruntime and LiteRT. Seeded.
+The float pipeline generates from a prompt set (the shipped prompts, or the user's) plus the
+unconditional (empty) prompt, at the guidance scale the app will sample with: above 1,
+every step calls the UNet on the unconditional and the conditional branch at the same
+latent and timestep, one after the other, so that both branches are recorded on the
+trajectories that guidance really takes, and pairs of consecutive UNet feeds are the
+(unconditional, conditional) batch of a --cfg export. Every UNet call along the DDIM
+trajectory is recorded (timesteps spread over the whole schedule), the decoder sees the
+final latents, the text encoder the prompts' tokens. One dataset, saved as calibration.npz,
+feeds both onnxruntime and LiteRT. Seeded.
 """
 
 import io
@@ -18,9 +22,10 @@ from edgediff import generate as gen
 STEPS = 8  # DDIM steps of each recorded sampling run
 
 
-def record(pipe, latent_size: int, prompts: list[str], steps: int = STEPS,
-           seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
-  """{component: [feeds, ...]} from PyTorch fp32 generations, one seed per prompt."""
+def record(pipe, latent_size: int, prompts: list[str], steps: int = STEPS, seed: int = 0,
+           guidance: float = 1.0) -> dict[str, list[dict[str, np.ndarray]]]:
+  """{component: [feeds, ...]} from PyTorch fp32 generations at `guidance`, one seed per
+  prompt; batch-1 feeds, in the order the pipeline makes the calls."""
   backend = gen.torch_backend(pipe, latent_size)
   recorded = {c: [] for c in backend.runners}
   runners = dict(backend.runners)
@@ -33,12 +38,14 @@ def record(pipe, latent_size: int, prompts: list[str], steps: int = STEPS,
 
   backend.runners = {c: recording(c) for c in runners}
   for i, prompt in enumerate([""] + list(prompts)):
-    gen.generate(backend, prompt, steps=steps, seed=seed + i, progress=False)
+    gen.generate(backend, prompt, steps=steps, guidance=guidance, seed=seed + i,
+                 progress=False)
   return recorded
 
 
 def batched(feeds: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
-  """Batch-1 recordings regrouped to the export's batch (2 with guidance)."""
+  """Batch-1 recordings regrouped to the export's batch: for a --cfg UNet, recorded with
+  guidance, each (unconditional, conditional) pair of one step."""
   if batch == 1:
     return feeds
   return [{k: np.concatenate([f[k] for f in feeds[i:i + batch]]) for k in feeds[0]}

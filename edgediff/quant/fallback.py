@@ -1,6 +1,7 @@
 """Sensitivity-driven fallback, shared by the ONNX and TFLite calibrated recipes.
 
-Quantize; if the artifact misses the parity gate, rank what is still quantized by its own
+Quantize; if the artifact misses the parity gate's thresholds on samples of its own (the
+caller keeps the gate's samples out of them), rank what is still quantized by its own
 output's signal-to-noise ratio against float (lowest first), keep the worst quarter in float,
 and quantize again, until the component passes or the budget of rounds runs out. A round can
 come out worse than an earlier one (on the shapes UNet, ranked on calibration samples, round
