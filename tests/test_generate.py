@@ -9,7 +9,8 @@ from PIL import Image
 from edgediff import cli, generate as gen, pipeline, schedule
 from edgediff.export import e2e, exporter
 
-EXPORTS = [("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("onnx", "int8_dynamic")]
+# fp16 end to end is in the README's table of every recipe; here fp32 in both runtimes, int8.
+EXPORTS = [("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8_dynamic")]
 
 
 @pytest.fixture(scope="module")
@@ -108,24 +109,24 @@ def test_parity_e2e_cli_and_report(out_dir, tmp_path, capsys):
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red circle\n")
   report = tmp_path / "r" / "report.html"
-  assert cli.main(["parity", os.path.join(out_dir, "shapes", "tflite"), "--e2e", "--prompts",
+  assert cli.main(["parity", os.path.join(out_dir, "shapes", "onnx"), "--e2e", "--prompts",
                    str(prompts), "--steps", "2", "--report", str(report), "--json"]) == 0
   summaries = json.loads(capsys.readouterr().out)
-  assert {s["recipe"] for s in summaries} == {"fp32", "fp16"}
+  assert {s["recipe"] for s in summaries} == {"fp32", "int8_dynamic"}
   assert all(len(s["cases"][0]["drift_db"]) == 2 for s in summaries)
   page = report.read_text()
-  assert "data:image/png;base64," in page and "fp16" in page
+  assert "data:image/png;base64," in page and "int8_dynamic" in page
   assert Image.open(tmp_path / "r" / "report.png").size[0] > 500
 
 
 def test_e2e_below_threshold_names_the_dominant_component(out_dir, tmp_path, monkeypatch,
                                                            capsys):
-  # An unreachable threshold for fp16, so that the attribution runs on a real export.
-  monkeypatch.setitem(e2e.E2E_PSNR_DB, "fp16", 500.0)
+  # An unreachable threshold, so that the attribution runs on a real export.
+  monkeypatch.setitem(e2e.E2E_PSNR_DB, "int8_dynamic", 500.0)
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red circle\na blue square\n")
   report = tmp_path / "report.html"
-  assert cli.main(["parity", os.path.join(out_dir, "shapes", "tflite", "fp16"), "--e2e",
+  assert cli.main(["parity", os.path.join(out_dir, "shapes", "onnx", "int8_dynamic"), "--e2e",
                    "--prompts", str(prompts), "--steps", "2", "--report", str(report),
                    "--json"]) == 1
   captured = capsys.readouterr()
@@ -133,10 +134,9 @@ def test_e2e_below_threshold_names_the_dominant_component(out_dir, tmp_path, mon
   swaps = s["component_psnr_db"]
   assert set(swaps) == {"text_encoder", "unet", "vae_decoder"}
   assert s["dominant_component"] == min(swaps, key=swaps.get)
-  # Each swap moves the image, and about as much as all three exported components together
-  # or less (fp16 error is tiny and does not add up exactly: allow a few dB).
-  assert all(v < 200 for v in swaps.values())
-  assert min(swaps.values()) >= s["mean_psnr_db"] - 3.0
+  # Each swap moves the image, and less than all three exported components together do.
+  assert all(v < 100 for v in swaps.values())
+  assert min(swaps.values()) >= s["mean_psnr_db"] - 1.0
   assert "dominates" in captured.err and "short by" in captured.err
   assert "Below threshold" in report.read_text()
 
