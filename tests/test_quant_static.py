@@ -18,6 +18,17 @@ def out_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("static"))
 
 
+def _check_fallback(info, key):
+  assert info["calibration_samples"] > 0
+  # The artifact left is the fallback's best round, as measured on its own samples (the
+  # gate then judges it on held-out ones).
+  best = max(info["history"], key=lambda h: (h["passed"], h["snr_db"]))
+  assert info["rounds"] == len(info["history"])
+  assert info["history"][info["kept_round"] - 1] == best
+  assert (info["kept_round"] > 1) == bool(info["fallback"])  # kept in float after round 1
+  assert all(f[key] and "snr_db" in f for f in info["fallback"])
+
+
 def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
   # The UNet only: test_onnx_static_keeps_the_causal_mask_in_float covers a decoder.
   manifest = _export(out_dir, "onnx", "int8_static", ("unet",))
@@ -25,14 +36,7 @@ def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
   for component in ("unet",):
     entry = manifest["components"][component]
     info = entry["quantization"]
-    assert info["calibration_samples"] > 0
-    # The artifact left is the fallback's best round, as measured on its own samples (the
-    # gate then judges it on held-out ones).
-    best = max(info["history"], key=lambda h: (h["passed"], h["snr_db"]))
-    assert info["rounds"] == len(info["history"])
-    assert info["history"][info["kept_round"] - 1] == best
-    assert (info["kept_round"] > 1) == bool(info["fallback"])  # kept in float after round 1
-    assert all(f["node"] and "snr_db" in f for f in info["fallback"])
+    _check_fallback(info, "node")
   # UNet inputs recorded at timesteps across the whole DDIM trajectory, both prompts kinds.
   from edgediff.quant import calibration
 
@@ -96,14 +100,7 @@ def _check_calibrated(manifest, recipe):
   for component in ("vae_decoder",):
     entry = manifest["components"][component]
     info = entry["quantization"]
-    assert info["calibration_samples"] > 0
-    # The artifact left is the fallback's best round, as measured on its own samples (the
-    # gate then judges it on held-out ones).
-    best = max(info["history"], key=lambda h: (h["passed"], h["snr_db"]))
-    assert info["rounds"] == len(info["history"])
-    assert info["history"][info["kept_round"] - 1] == best
-    assert (info["kept_round"] > 1) == bool(info["fallback"])  # kept in float after round 1
-    assert all(f["tensor"] and "snr_db" in f for f in info["fallback"])
+    _check_fallback(info, "tensor")
     assert entry["inputs"][0]["dtype"] == "float32"  # float I/O, whatever the recipe
     assert entry["parity_inputs"] == "held out of the calibration recording"
   # The shapes prompts calibrate the shapes model: empty prompt + 32 captions, 8 steps each;

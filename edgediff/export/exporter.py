@@ -422,10 +422,8 @@ def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> di
   calibration.npz.
   """
   prompts = list(opts.calib_prompts or pipe.prompts)
-  # Recorded batch-1 in either case: a --cfg UNet's feeds pair up as the pipeline calls them.
-  guidance = opts.guidance
   settings = {"source": pipe.source, "stamp": _source_stamp(pipe.source),
-              "latent_size": latent_size, "prompts": prompts, "guidance": guidance,
+              "latent_size": latent_size, "prompts": prompts, "guidance": opts.guidance,
               "steps": calibration.STEPS, "edgediff": edgediff.__version__}
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
   shared = os.path.join(opts.out, pipe.name, "calibration", key + ".npz")
@@ -435,9 +433,9 @@ def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> di
     data = calibration.load_all(shared)
   else:
     log(f"calibration: recording {len(prompts) + 1} prompts x {calibration.STEPS} DDIM steps "
-        f"at guidance {guidance:g} in PyTorch fp32")
+        f"at guidance {opts.guidance:g} in PyTorch fp32")
     started = time.perf_counter()
-    data = calibration.record(pipe, latent_size, prompts, guidance=guidance)
+    data = calibration.record(pipe, latent_size, prompts, guidance=opts.guidance)
     calibration.save(data, shared)
     log(f"calibration: recorded {sum(len(v) for v in data.values())} inputs in "
         f"{time.perf_counter() - started:.0f} s")
