@@ -66,16 +66,21 @@ def run(source: list[str], name: str, fmt: str, recipe: str, component: str, out
   code = os.waitstatus_to_exitcode(status)
   row = {"pipeline": name, "format": fmt, "recipe": recipe, "component": component,
          "seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),
-         "exit": code, "bytes": None, "psnr_db": None, "cosine": None, "passed": None,
-         "estimate_gb": None, "note": ""}
+         "exit": code, "bytes": None, "snr_db": None, "pearson": None, "ssim": None,
+         "passed": None, "old_runtimes": None, "estimate_gb": None, "note": ""}
   manifest = os.path.join(out, name, fmt, recipe, "manifest.json")
   if code in (0, 1) and os.path.isfile(manifest):
     with open(manifest) as f:
       entry = json.load(f)["components"].get(component)
     if entry:
-      row.update(bytes=entry["bytes"], psnr_db=round(entry["parity"]["psnr_db"], 1),
-                 cosine=round(entry["parity"]["cosine"], 6), passed=entry["passed"],
-                 estimate_gb=entry.get("memory_estimate_gb"))
+      par = entry["parity"]
+      row.update(bytes=entry["bytes"], snr_db=round(par["snr_db"], 1),
+                 pearson=round(par["pearson"], 6),
+                 ssim=None if par.get("ssim") is None else round(par["ssim"], 4),
+                 passed=entry["passed"], estimate_gb=entry.get("memory_estimate_gb"),
+                 old_runtimes={name: (f"{r['status']}, {r['snr_db']:.1f} dB"
+                                      if r.get("snr_db") is not None else r["status"])
+                               for name, r in (entry.get("old_runtimes") or {}).items()})
   lines = [line for line in err.splitlines()
            if line.startswith(("edgediff", "calibration:")) or "parity" in line]
   if code not in (0, 1) or not row["passed"]:
@@ -104,8 +109,8 @@ def main() -> None:
   args = parser.parse_args()
   print(f"machine: {machine()}", flush=True)
   print("| pipeline | format | recipe | component | wall s | peak RSS GB | estimate GB | MB "
-        "| parity (PSNR, cosine) | exit | note |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        "| parity (SNR, Pearson, SSIM) | old runtime | exit | note |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     out = args.out or tmp
     for pipeline in args.pipelines:
@@ -127,10 +132,13 @@ def main() -> None:
               with open(args.jsonl, "a") as f:
                 f.write(json.dumps(r) + "\n")
             size = f"{r['bytes'] / 1e6:.0f}" if r["bytes"] else "-"
-            par = f"{r['psnr_db']} dB, {r['cosine']}" if r["psnr_db"] is not None else "-"
+            par = "-" if r["snr_db"] is None else ", ".join(
+                [f"{r['snr_db']} dB", str(r["pearson"])]
+                + ([str(r["ssim"])] if r["ssim"] is not None else []))
+            old = "; ".join(f"{k}: {v}" for k, v in (r["old_runtimes"] or {}).items()) or "-"
             print(f"| {pipeline} | {fmt} | {recipe} | {component} | {r['seconds']:.0f} | "
                   f"{r['peak_rss_gb']:.1f} | {r['estimate_gb'] or '-'} | {size} | {par} | "
-                  f"{r['exit']} | {r['note']} |", flush=True)
+                  f"{old} | {r['exit']} | {r['note']} |", flush=True)
 
 
 if __name__ == "__main__":
