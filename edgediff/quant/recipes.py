@@ -127,8 +127,11 @@ def _onnx_fp16(fp32_path: str, path: str) -> None:
   # shapes decoder's first norm gave zeros, 15.5 dB). LayerNormalization: onnxruntime 1.17's
   # fp16 kernel is right on a session's first call only (the shapes text encoder: 81 dB,
   # then -39 dB on every later call); fp32, it gives 82-84 dB on every call.
+  # The path, not a loaded model: given a ModelProto the converter infers shapes in memory,
+  # which serialises the whole model and fails over protobuf's 2 GB (SD-1.5's UNet, 3.4 GB:
+  # "Failed to serialize proto"); given a path it infers them file to file.
   model = convert_float_to_float16(
-      onnx.load(fp32_path), keep_io_types=True,
+      fp32_path, keep_io_types=True,
       op_block_list=DEFAULT_OP_BLOCK_LIST + ["InstanceNormalization", "LayerNormalization"])
   graph = model.graph
   seen, kept = set(), []
