@@ -332,6 +332,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
           onnx_lib.raise_opset(tmp_path, onnx_lib.QDQ_OPSET)
         onnx_lib.set_ir_version(tmp_path)
         onnx_lib.check(tmp_path)
+      else:  # weights inline and legacy op codes set, for older readers (under 2 GB)
+        tflite_lib.normalize(tmp_path)
     for i, r in enumerate((quant_info or {}).get("history", []), 1):
       kept = " (kept)" if i == quant_info["kept_round"] else ""
       log(f"[{component}] fallback round {i}: {r['float']} tensors in float, snr "
