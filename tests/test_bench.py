@@ -1,41 +1,56 @@
+import contextlib
+import io
 import json
+
+import pytest
 
 from edgediff import cli, pipeline
 from edgediff.export import exporter
 
 
-def test_bench_table_json_and_results_file(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+  """The shapes decoder in ONNX int8_dynamic (integer kernels) and TFLite fp32 (XNNPACK)."""
+  out = tmp_path_factory.mktemp("bench")
   pipe = pipeline.open_pipeline("shapes")
-  for fmt, recipe in (("onnx", "fp32"), ("tflite", "int8_dynamic")):
+  for fmt, recipe in (("onnx", "int8_dynamic"), ("tflite", "fp32")):
     exporter.export_pipeline(pipe, exporter.ExportOptions(
-        fmt=fmt, out=str(tmp_path / "out"), recipe=recipe, components=("vae_decoder",)))
-  results = tmp_path / "results.jsonl"
-  code = cli.main(["bench", str(tmp_path / "out"), "--runs", "3", "--threads", "1",
-                   "--results", str(results), "--json"])
+        fmt=fmt, out=str(out), recipe=recipe, components=("vae_decoder",)))
+  return out
+
+
+@pytest.fixture(scope="module")
+def record(exports, tmp_path_factory):
+  """One `edgediff bench --json --ops` run over both exports, and its results file."""
+  results = tmp_path_factory.mktemp("results") / "results.jsonl"
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    code = cli.main(["bench", str(exports), "--runs", "3", "--threads", "1",
+                     "--results", str(results), "--json", "--ops"])
   assert code == 0
-  record = json.loads(capsys.readouterr().out)
+  return json.loads(out.getvalue()), results
+
+
+def test_bench_table_json_and_results_file(exports, record, capsys):
+  record, results = record
   backends = sorted(r["backend"] for r in record["rows"])
-  assert backends == ["onnx/fp32", "tflite/int8_dynamic", "torch/fp32"]  # PyTorch once
+  assert backends == ["onnx/int8_dynamic", "tflite/fp32", "torch/fp32"]  # PyTorch once
   for row in record["rows"]:
     assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"] * 0.999
     assert row["peak_rss_mb"] > 50 and row["runs"] == 3 and row["threads"] == 1
   assert record["machine"]["cores"] >= 1
   saved = [json.loads(line) for line in results.read_text().splitlines()]
   assert len(saved) == 1 and saved[0]["rows"] == record["rows"]
-  assert cli.main(["bench", str(tmp_path / "out"), "--runs", "2", "--results", str(results)]) == 0
-  assert "vae_decoder" in capsys.readouterr().out
+  # The table, with the op profiles, and one more line in the same results file.
+  assert cli.main(["bench", str(exports), "--runs", "2", "--results", str(results),
+                   "--ops"]) == 0
+  text = capsys.readouterr().out
+  assert "vae_decoder" in text and "XNNPACK partitions" in text
   assert len(results.read_text().splitlines()) == 2
 
 
-def test_op_profiles(tmp_path, capsys):
-  pipe = pipeline.open_pipeline("shapes")
-  for fmt, recipe in (("onnx", "int8_dynamic"), ("tflite", "fp32")):
-    exporter.export_pipeline(pipe, exporter.ExportOptions(
-        fmt=fmt, out=str(tmp_path), recipe=recipe, components=("vae_decoder",)))
-  code = cli.main(["bench", str(tmp_path), "--runs", "2", "--threads", "1", "--results", "",
-                   "--ops", "--json"])
-  assert code == 0
-  profiles = {p["backend"]: p for p in json.loads(capsys.readouterr().out)["ops"]}
+def test_op_profiles(record):
+  profiles = {p["backend"]: p for p in record[0]["ops"]}
   onnx = profiles["onnx"]
   # ORT's kernel times, per op type, descending; dynamic int8 runs integer kernels.
   assert [o["ms"] for o in onnx["ops"]] == sorted((o["ms"] for o in onnx["ops"]), reverse=True)
@@ -47,8 +62,6 @@ def test_op_profiles(tmp_path, capsys):
   # Every op is either in a delegate partition or counted outside.
   assert tflite["delegated"] + sum(tflite["outside"].values()) == total
   assert "CONV_2D" not in tflite["outside"]  # XNNPACK takes float convolutions
-  assert cli.main(["bench", str(tmp_path), "--runs", "2", "--results", "", "--ops"]) == 0
-  assert "XNNPACK partitions" in capsys.readouterr().out
 
 
 def test_time_per_image_counts_guidance_calls_by_the_exports_batch():

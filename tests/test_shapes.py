@@ -81,7 +81,7 @@ def _losses(path):
 
 def test_train_demo_short_run_loss_decreases(tmp_path):
   out = tmp_path / "run"
-  assert cli.main(["train-demo", "--out", str(out), "--steps", "50"]) == 0
+  assert cli.main(["train-demo", "--out", str(out), "--steps", "50", "--batch", "24"]) == 0
   diffusion = _losses(out / "swish-relu.loss.jsonl")
   autoencoder = _losses(out / "autoencoder.loss.jsonl")
   text = _losses(out / "text_encoder.loss.jsonl")

@@ -36,10 +36,16 @@ SNAPGEN_UNET = dict(
 
 
 def tiny(config: dict) -> dict:
-  """A tiny config derived from a real one: same block types, a few channels."""
+  """A tiny config derived from a real one: same block types, a few channels, one residual
+  block per level and at most one transformer block in each (conversion time grows with the
+  number of ops, not their size)."""
   levels = len(config["block_out_channels"])
-  return dict(config, block_out_channels=(32, 64, 64, 64)[:levels], norm_num_groups=8,
-              attention_head_dim=2, cross_attention_dim=64, sample_size=16)
+  tiny = dict(config, block_out_channels=(32, 64, 64, 64)[:levels], norm_num_groups=8,
+              attention_head_dim=2, cross_attention_dim=64, sample_size=16, layers_per_block=1)
+  if "transformer_layers_per_block" in config:
+    tiny["transformer_layers_per_block"] = tuple(
+        min(n, 1) for n in config["transformer_layers_per_block"])
+  return tiny
 
 
 class DiffusersUNet(UNet2DConditionModel):
