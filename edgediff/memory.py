@@ -18,12 +18,17 @@ GB = 1024**3
 BASE_BYTES = 1.5 * GB  # Python, torch, litert-torch and onnxruntime imported
 
 # Peak per byte of fp32 weights while converting (and gating the result):
-# - tflite: litert-torch lowers the module and serialises a flatbuffer (md UNet, 1.56 GB of
-#   weights: 8.0 GB peak);
+# - tflite: litert-torch lowers the module and serialises a flatbuffer, holding the exported
+#   program, the lowered module and the flatbuffer at once (md UNet, 1.56 GB of weights:
+#   8.0 GB fp32, 9.3 GB fp16; SD-1.5's, 3.44 GB: 18.5 GB fp16, 17.3-17.6 GB int8);
 # - onnx: the dynamo exporter and onnxruntime's session (md UNet, written with external
-#   data and not simplified: 4.3 GB; md-lite's, 1.13 GB: 5.6 GB); onnxslim rewrites a
-#   model in memory, so a simplified model costs more (md text encoder, 0.49 GB: 5.0 GB).
-CONVERT_FACTOR = {"tflite": 4.2, "onnx": 2.8}
+#   data and not simplified: 4.3 GB; md-lite's, 1.13 GB: 5.3 GB; SD-1.5's: 9.5 GB); onnxslim
+#   rewrites a model in memory, so a simplified model costs more (md text encoder, 0.49 GB:
+#   5.0 GB). Quantizing on top: the float16 converter holds the fp32 model and its fp16 copy
+#   (md UNet: 9.8 GB), quantize_dynamic the fp32 model and the quantized one (md UNet 7.0 GB,
+#   SD-1.5's 13.4 GB).
+CONVERT_FACTOR = {"tflite": 5.0, "onnx": 2.8}
+RECIPE_CONVERT_FACTOR = {("onnx", "fp16"): 5.5, ("onnx", "int8_dynamic"): 3.6}
 SLIM_FACTOR = 7.0
 # Calibrated recipes, on top of the module. TFLite: ai-edge-quantizer keeps the float model,
 # its unpacked form and the quantized one; calibration runs one sample at a time and
@@ -92,7 +97,9 @@ def activation_bytes(module: nn.Module, feeds: dict) -> int:
 
 def estimate(fmt: str, recipe: str, weights_bytes: int, activations: int, slim: bool,
              calibrated: bool) -> Estimate:
-  factor = SLIM_FACTOR if fmt == "onnx" and slim else CONVERT_FACTOR[fmt]
+  factor = RECIPE_CONVERT_FACTOR.get((fmt, recipe), CONVERT_FACTOR[fmt])
+  if fmt == "onnx" and slim:
+    factor = max(factor, SLIM_FACTOR)
   peak = BASE_BYTES + factor * weights_bytes + LIVE_ACTIVATION_FRACTION * activations
   if calibrated:
     peak = max(peak, BASE_BYTES + (1 + CALIBRATED_WEIGHT_COPIES[fmt]) * weights_bytes
