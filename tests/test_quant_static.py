@@ -9,9 +9,10 @@ from test_quant import check_readable_by_old_parsers
 
 
 def _export(out_dir, fmt, recipe, components=("unet",), force=False, name="md-tiny",
-            calib_prompts=None):
+            calib_prompts=None, latent_size=None):
   opts = exporter.ExportOptions(fmt=fmt, out=out_dir, recipe=recipe, components=components,
-                                force=force, calib_prompts=calib_prompts)
+                                force=force, calib_prompts=calib_prompts,
+                                latent_size=latent_size)
   return exporter.export_pipeline(pipeline.open_pipeline(name), opts)
 
 
@@ -34,7 +35,8 @@ def _check_fallback(info, key):
 def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
   # The UNet only: test_onnx_static_keeps_the_causal_mask_in_float covers a decoder.
   prompts = ("a red circle", "a blue square on a white background", "a green star")
-  manifest = _export(out_dir, "onnx", "int8_static", ("unet",), calib_prompts=prompts)
+  manifest = _export(out_dir, "onnx", "int8_static", ("unet",), calib_prompts=prompts,
+                     latent_size=8)
   folder = manifest["folder"]
   for component in ("unet",):
     entry = manifest["components"][component]
