@@ -127,12 +127,11 @@ def test_onnx_recipes_of_an_unsimplified_model_with_external_data(tmp_path, monk
   # Gemm into MatMul; fp16 gave two Casts of one name where one tensor feeds two fp32 ops,
   # and over 2 GB failed in the converter's in-memory shape inference.
   import onnxruntime
+  from onnxruntime.transformers import float16
 
   from edgediff.export import onnx as onnx_lib
   from edgediff.export.runtimes import torch_call
   from edgediff.quant import recipes
-
-  from onnxruntime.transformers import float16
 
   monkeypatch.setattr(onnx_lib, "SLIM_MAX_BYTES", 0)
   monkeypatch.setattr(onnx_lib, "EXTERNAL_DATA_BYTES", 0)

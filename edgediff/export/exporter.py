@@ -266,6 +266,13 @@ def to_layout(arrays: dict[str, np.ndarray], nhwc: bool) -> dict[str, np.ndarray
           for k, v in arrays.items()}
 
 
+def _laid_out(feeds: list[dict[str, np.ndarray]], outputs: list[np.ndarray], output_name: str,
+              nhwc: bool) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+  """Inputs and their PyTorch outputs in the artifact's layout."""
+  return ([to_layout(f, nhwc) for f in feeds],
+          [to_layout({output_name: r}, nhwc)[output_name] for r in outputs])
+
+
 def _io_json(arrays: dict[str, np.ndarray]) -> list[dict]:
   return [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()]
 
@@ -301,12 +308,9 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     raise EdgediffError(f"{component}: PyTorch fp32's own output is not finite on the gate's "
                         f"inputs (finite weights that overflow): there is nothing to match")
   # What the artifact takes and gives: the same tensors, channel-last with --nhwc.
-  samples = [to_layout(f, opts.nhwc) for f in samples]
-  references = [to_layout({output_name: r}, opts.nhwc)[output_name] for r in references]
+  samples, references = _laid_out(samples, references, output_name, opts.nhwc)
   if stop:
-    stop = [to_layout(f, opts.nhwc) for f in stop]
-    stop_references = [to_layout({output_name: r}, opts.nhwc)[output_name]
-                       for r in stop_references]
+    stop, stop_references = _laid_out(stop, stop_references, output_name, opts.nhwc)
   if opts.nhwc:
     import litert_torch
 

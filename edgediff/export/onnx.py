@@ -75,7 +75,7 @@ def raise_opset(path: str, opset: int) -> None:
   model = onnx.load(path, load_external_data=False)
   for entry in model.opset_import:
     if entry.domain in ("", "ai.onnx"):
-      if not OPSET <= entry.version <= opset == QDQ_OPSET:
+      if opset != QDQ_OPSET or not OPSET <= entry.version <= opset:
         raise ValueError(f"{path}: opset {entry.version} cannot be declared {opset} as is")
       entry.version = opset
   onnx.save(model, path)
