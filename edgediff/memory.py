@@ -60,10 +60,13 @@ class Estimate:
 
 
 def available_bytes() -> int:
-  """What the machine can give this process now (free RAM and reclaimable cache)."""
+  """What this process can reach at its peak: the machine's free RAM and reclaimable cache,
+  plus what the process holds already. An estimate is of the whole process's peak, so a
+  check made after loading weights or recording calibration must not count the process's
+  own memory against it a second time."""
   import psutil
 
-  return int(psutil.virtual_memory().available)
+  return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
 
 
 def activation_bytes(module: nn.Module, feeds: dict) -> int:

@@ -156,3 +156,19 @@ def test_onnx_recipes_of_an_unsimplified_model_with_external_data(tmp_path, monk
     cosine = float(np.dot(actual.ravel(), expected.ravel())
                    / np.linalg.norm(actual) / np.linalg.norm(expected))
     assert cosine > min_cosine, (recipe, cosine)
+
+
+def test_the_budget_counts_what_the_process_already_holds(monkeypatch):
+  # A check made after a long recording must not refuse for the memory the recording holds.
+  import psutil
+
+  class NoneFree:
+    available = 0
+
+  monkeypatch.setattr(psutil, "virtual_memory", lambda: NoneFree())
+  held = psutil.Process().memory_info().rss
+  assert memory.available_bytes() >= held // 2
+  fits = memory.Estimate(0, 0, held // 2)
+  memory.check("unet", fits, None, "try less")
+  with pytest.raises(EdgediffError, match="more than the .* GB available"):
+    memory.check("unet", memory.Estimate(0, 0, 4 * held), None, "try less")
