@@ -238,9 +238,9 @@ APP_DIR = "/sdcard/Android/data/edgediff.demo/files/export"
 
 def export_files(folder: str) -> list[str]:
   """What the app needs of a TFLite export: the manifest, each component's artifact (and
-  external data) and golden file, and the CLIP tokenizer's vocab.json and merges.txt."""
+  external data) and golden file, and the tokenizer's vocab.json and merges.txt."""
   from edgediff.export import exporter
-  from edgediff.models.text_encoder import tokenizer_dir
+  from edgediff.models.text_encoder import TOKENIZER_FILES, tokenizer_dir
 
   manifest = exporter.read_manifest(folder)
   if manifest is None:
@@ -257,7 +257,10 @@ def export_files(folder: str) -> list[str]:
     names += [entry["file"], *(d["file"] for d in entry.get("external_data", [])),
               entry["golden"]]
   files = [os.path.join(folder, n) for n in names]
-  files += [os.path.join(tokenizer_dir(), n) for n in ("vocab.json", "merges.txt")]
+  # The export's own tokenizer files map tokens to its text encoder's inputs; an export
+  # written before they were shipped takes CLIP's ids, edgediff's own vocabulary.
+  tokenizer = folder if "tokenizer" in manifest else tokenizer_dir()
+  files += [os.path.join(tokenizer, n) for n in TOKENIZER_FILES]
   absent = [f for f in files if not os.path.isfile(f)]
   if absent:
     raise EdgediffError(f"{absent[0]}: listed by the manifest but missing")

@@ -32,6 +32,7 @@ class Backend:
   tokenizer: str | None
   prediction_type: str
   schedule: Schedule = SD_SCHEDULE
+  vocabulary: tuple[int, ...] = ()  # a pruned text encoder's CLIP ids (tokenize's rows)
 
 
 def torch_backend(pipe, latent_size: int | None = None) -> Backend:
@@ -42,7 +43,7 @@ def torch_backend(pipe, latent_size: int | None = None) -> Backend:
   sample = modules["unet"].input_specs(1, latent_size or pipe.latent_size)[0]
   runners = {c: functools.partial(torch_call, m) for c, m in modules.items()}
   return Backend("torch", runners, 1, sample.shape[1:],
-                 pipe.tokenizer, pipe.prediction_type, pipe.schedule)
+                 pipe.tokenizer, pipe.prediction_type, pipe.schedule, pipe.vocabulary)
 
 
 def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
@@ -73,7 +74,8 @@ def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
                  {c: runner(e) for c, e in manifest["components"].items()},
                  manifest["batch"], latent, tokenizer,
                  manifest.get("prediction_type", "epsilon"),
-                 schedule.Schedule(**manifest.get("schedule", {})))
+                 schedule.Schedule(**manifest.get("schedule", {})),
+                 tuple(manifest.get("vocabulary", ())))
 
 
 def predict_x0_eps(model_out, x, abar, prediction_type):
@@ -107,8 +109,8 @@ def generate(backend: Backend, prompt: str, steps: int = 8, guidance: float = 1.
 
   use_cfg = guidance != 1.0
   prompts = ["", prompt] if use_cfg else [prompt]
-  embeddings = [timed("text_encoder", {"input_ids": tokenize([p], backend.tokenizer).numpy()})
-                for p in prompts]  # each (1, 77, D)
+  embeddings = [timed("text_encoder", {"input_ids": tokenize(
+      [p], backend.tokenizer, backend.vocabulary).numpy()}) for p in prompts]  # each (1, 77, D)
   generator = torch.Generator().manual_seed(seed)
   x = torch.randn((1, *backend.latent_shape), generator=generator).numpy()
   abar_all = backend.schedule.alphas_cumprod().numpy().astype(np.float64)

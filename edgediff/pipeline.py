@@ -30,6 +30,9 @@ class Pipeline:
   build: Callable[..., nn.Module]
   latent_size: int
   tokenizer: str | None = None  # a tokenizer folder; None: edgediff's CLIP vocabulary
+  # The CLIP ids its text encoder keeps (a pruned vocabulary; empty: all): tokenize maps
+  # them to the encoder's embedding rows.
+  vocabulary: tuple[int, ...] = ()
   prediction_type: str = "epsilon"
   schedule: Schedule = SD_SCHEDULE
   # Prompts for calibration, parity inputs and end-to-end parity: what this model is for.
@@ -82,8 +85,11 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
     torch.manual_seed(seed + specs.COMPONENTS.index(component))
     return cspec.build(tiny=tiny)
 
+  text_spec = spec.component("text_encoder")
   return Pipeline(name=name, build=build,
                   latent_size=spec.tiny_latent_size if tiny else spec.latent_size,
+                  vocabulary=getattr(text_spec.tiny if tiny else text_spec.config, "vocabulary",
+                                     ()),
                   prediction_type=spec.prediction_type, schedule=spec.schedule,
                   prompts=shipped_prompts(spec.prompts),
                   source={"name": name, "weights": weights and os.path.abspath(weights),

@@ -93,6 +93,36 @@ def test_onnx_and_tflite_agree(out_dir):
   assert gen.image_psnr_db(images[0], images[1]) > 60
 
 
+def test_the_tokenizer_maps_a_pruned_vocabulary_not_a_gather_in_the_graph(out_dir):
+  from edgediff import profile, specs
+  from edgediff.models import text_encoder as te
+
+  folder = os.path.join(out_dir, "shapes", "tflite", "fp32")
+  manifest = exporter.read_manifest(folder)
+  assert manifest["vocabulary"] == list(specs.SHAPES_VOCABULARY)
+  # The CLIP id -> row remap was a LESS, SELECT and GATHER_ND chain on the input, which GPU
+  # delegates refuse; only the embedding table's own lookup is left.
+  ops = profile.tflite_op_mix(os.path.join(folder, "text_encoder.tflite"))["ops"]
+  assert not {"LESS", "SELECT", "GATHER", "GATHER_ND"} & set(ops), ops
+  assert ops["EMBEDDING_LOOKUP"] == 1
+  # An app maps each BPE token through the export's vocab.json: that gives the rows the
+  # artifact takes, and the artifact's output is PyTorch's.
+  with open(os.path.join(folder, manifest["tokenizer"][0]), encoding="utf-8") as f:
+    vocab = json.load(f)
+  prompt = "a small red circle above a big blue zebra"  # "zebra" is outside the vocabulary
+  clip_ids = te.tokenize([prompt])
+  tokens = te.load_tokenizer().convert_ids_to_tokens(clip_ids[0].tolist())
+  app_ids = np.array([[vocab[t] for t in tokens]], np.int32)
+  rows = te.tokenize([prompt], vocabulary=specs.SHAPES_VOCABULARY)
+  np.testing.assert_array_equal(app_ids, rows.numpy())
+  assert 0 in app_ids and app_ids.max() == len(specs.SHAPES_VOCABULARY)  # unknown; end of text
+  backend = gen.artifact_backend(folder)
+  with torch.no_grad():
+    expected = pipeline.open_pipeline("shapes").build("text_encoder")(rows).numpy()
+  np.testing.assert_allclose(backend.runners["text_encoder"]({"input_ids": app_ids}), expected,
+                             atol=1e-4)
+
+
 def test_generate_cli(out_dir, tmp_path, capsys):
   png = tmp_path / "x.png"
   assert cli.main(["generate", "--prompt", "a red circle", "--out", str(png), "--steps", "3",

@@ -68,9 +68,10 @@ def test_vocabulary_is_the_grammars_tokens():
 def test_pruned_text_encoder_maps_unknown_words_to_one_row():
   module = specs.COMPONENT_SPECS["shapes-text"].build()
   assert module.text_model.get_input_embeddings().num_embeddings == 29
-  a = module(tokenize(["a red zebra"]))
-  b = module(tokenize(["a red giraffe"]))  # both unknown: the same pruned id 0
-  c = module(tokenize(["a red circle"]))
+  vocabulary = specs.SHAPES_VOCABULARY
+  a = module(tokenize(["a red zebra"], vocabulary=vocabulary))
+  b = module(tokenize(["a red giraffe"], vocabulary=vocabulary))  # both unknown: row 0
+  c = module(tokenize(["a red circle"], vocabulary=vocabulary))
   assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
@@ -131,15 +132,17 @@ def test_shipped_text_encoder_carries_every_attribute_past_the_caption():
   # The UNet's cross-attention weighs the padding tokens after the caption as much as the
   # words: changing any one word must move them, the shape word as much as the others
   # (trained jointly with the UNet, the shape word left them unmoved).
-  encoder = pipeline.open_pipeline("shapes").build("text_encoder")
+  pipe = pipeline.open_pipeline("shapes")
+  encoder = pipe.build("text_encoder")
   moved = {a: [] for a in data.ATTRIBUTES}
   with torch.no_grad():
     for scene in data.split()[1][:12]:
-      base = encoder(tokenize([scene.caption]))[0, 20:]
+      base = encoder(tokenize([scene.caption], vocabulary=pipe.vocabulary))[0, 20:]
       for a in data.ATTRIBUTES:
         other = next(v for v in data.VALUES[a] if v != getattr(scene, a))
         changed = dataclasses.replace(scene, **{a: other})
-        moved[a].append(float((encoder(tokenize([changed.caption]))[0, 20:] - base).norm()))
+        ids = tokenize([changed.caption], vocabulary=pipe.vocabulary)
+        moved[a].append(float((encoder(ids)[0, 20:] - base).norm()))
   means = {a: np.mean(v) for a, v in moved.items()}
   assert min(means.values()) > 0.5 * max(means.values()), means
 

@@ -31,6 +31,7 @@ from edgediff.errors import EdgediffError, first_line
 from edgediff.export import inputs as inputs_lib
 from edgediff.export import onnx as onnx_lib
 from edgediff.export import compat, parity, runtimes, tflite as tflite_lib
+from edgediff.models import text_encoder as text_encoder_lib
 from edgediff.quant import calibration, onnx_static, recipes, tflite_static
 from edgediff.specs import COMPONENTS
 
@@ -95,7 +96,7 @@ def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
           "thresholds": dataclasses.asdict(parity.THRESHOLDS[opts.recipe]),
           "batch": opts.batch, "latent_size": latent_size, "nhwc": opts.nhwc, "ort": opts.ort,
           "calib_prompts": opts.calib_prompts and list(opts.calib_prompts),
-          "guidance": opts.guidance,
+          "guidance": opts.guidance, "vocabulary": list(pipe.vocabulary),
           "old_runtimes": [r.name for r in compat.for_format(opts.fmt, opts.skip_runtimes)]}
 
 
@@ -520,6 +521,10 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
       "source": pipe.source, "batch": opts.batch, "latent_size": latent_size,
       "prediction_type": pipe.prediction_type,
       "schedule": dataclasses.asdict(pipe.schedule),
+      # What an app tokenizes with: these files map each token to the text encoder's input
+      # id, the embedding row of a pruned vocabulary (the CLIP ids listed here).
+      "tokenizer": list(text_encoder_lib.TOKENIZER_FILES),
+      "vocabulary": list(pipe.vocabulary),
       "components": dict(old.get("components", {})),
   }
   _remove_stale(folder)
@@ -533,6 +538,8 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
   # Each export (and a calibration recording) is long work at full size: check first that
   # every component will fit, so that a refusal comes before any of them, not after one.
   estimates = {name: _fits(pipe.build(name), name, opts, latent_size) for name in todo}
+  if todo:
+    text_encoder_lib.write_tokenizer(folder, pipe.tokenizer, pipe.vocabulary)
   text_encoder = None
   calib = None
   for component in todo:

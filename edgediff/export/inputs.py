@@ -33,7 +33,7 @@ def representative_inputs(pipe, component: str, module, batch: int, latent_size:
   specs = module.input_specs(batch, latent_size)
   prompt_sets = _prompts(pipe.prompts, n, batch, offset=seed)
   if component == "text_encoder":
-    return [{specs[0].name: tokenize(p, pipe.tokenizer).numpy()} for p in prompt_sets]
+    return [{specs[0].name: tokenize(p, pipe.tokenizer, pipe.vocabulary).numpy()} for p in prompt_sets]
   if component == "vae_decoder":
     return [{specs[0].name: torch.randn(specs[0].shape, generator=gen).numpy()}
             for _ in range(n)]
@@ -48,7 +48,7 @@ def representative_inputs(pipe, component: str, module, batch: int, latent_size:
                        size=(h, w), mode="bilinear")  # smooth, image-like latents
     t = torch.full((b,), float(steps[i]))
     noisy = pipe.schedule.add_noise(x0, torch.randn(sample.shape, generator=gen), t)
-    embeddings = text_encoder(tokenize(prompts, pipe.tokenizer))
+    embeddings = text_encoder(tokenize(prompts, pipe.tokenizer, pipe.vocabulary))
     feeds.append({sample.name: noisy.numpy(), timestep.name: t.numpy(),
                   context.name: embeddings.numpy()})
   return feeds

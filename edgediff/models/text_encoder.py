@@ -7,10 +7,15 @@ OpenAI CLIP vocabulary, MIT licence), so tokenizing needs no network.
 import dataclasses
 import functools
 import importlib.resources
+import json
+import os
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from edgediff import atomic
 
 from edgediff.models.io import MAX_TOKENS, TensorSpec
 
@@ -26,8 +31,10 @@ class TextEncoderConfig:
   max_position_embeddings: int = MAX_TOKENS
   hidden_act: str = "quick_gelu"  # as trained by OpenAI
   # Vocabulary pruning for small models: the CLIP ids kept (empty: all of them). Kept ids map
-  # to 1..n in order, every other id to 0, through a lookup table inside the model, so the
-  # input stays CLIP's ids while the embedding table holds n + 1 rows instead of 49408.
+  # to rows 1..n of the embedding table in order, every other id to row 0 (n + 1 rows instead
+  # of 49408). The mapping is the tokenizer's (`tokenize(..., vocabulary)`, and the vocab.json
+  # an export ships), not a lookup inside the graph: a gather on the input ids is an op that
+  # phone GPU delegates refuse.
   vocabulary: tuple[int, ...] = ()
 
   def to_hf(self) -> CLIPTextConfig:
@@ -45,7 +52,8 @@ CLIP_L14_TEXT = TextEncoderConfig()
 
 
 class TextEncoder(nn.Module):
-  """input_ids (B, 77) int32 -> last_hidden_state (B, 77, hidden)."""
+  """input_ids (B, 77) int32 -> last_hidden_state (B, 77, hidden). With a pruned vocabulary
+  the ids are embedding rows (`to_rows`), not CLIP's ids."""
 
   def __init__(self, cfg: TextEncoderConfig = CLIP_L14_TEXT):
     super().__init__()
@@ -53,12 +61,6 @@ class TextEncoder(nn.Module):
     hf_cfg = cfg.to_hf()
     hf_cfg._attn_implementation = "eager"  # plain matmuls export to every runtime
     self.text_model = CLIPTextModel(hf_cfg)  # keys as in HF checkpoints: text_model.*
-    if cfg.vocabulary:
-      table = torch.zeros(cfg.vocab_size, dtype=torch.int32)
-      table[list(cfg.vocabulary)] = torch.arange(1, len(cfg.vocabulary) + 1, dtype=torch.int32)
-      self.register_buffer("vocab_map", table, persistent=False)  # fixed by the config
-    else:
-      self.vocab_map = None
 
   def input_specs(self, batch: int, latent_size: int | None = None) -> list[TensorSpec]:
     del latent_size  # text has no spatial size
@@ -67,8 +69,6 @@ class TextEncoder(nn.Module):
   output_names = ("last_hidden_state",)
 
   def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-    if self.vocab_map is not None:
-      input_ids = self.vocab_map[input_ids.long()]  # CLIP ids -> pruned ids, (B, 77)
     return self.text_model(input_ids=input_ids.long()).last_hidden_state
 
 
@@ -89,8 +89,44 @@ def token_count(prompt: str, path: str | None = None) -> int:
   return len(load_tokenizer(path)(prompt, verbose=False).input_ids)
 
 
-def tokenize(prompts: list[str], path: str | None = None) -> torch.Tensor:
-  """Prompts -> input_ids (B, 77) int32, padded with end-of-text as CLIP was trained."""
+def row_table(vocabulary: tuple[int, ...]) -> np.ndarray:
+  """CLIP id -> embedding row of a pruned vocabulary: kept ids to 1..n, the others to 0."""
+  table = np.zeros(CLIP_L14_TEXT.vocab_size, np.int32)
+  table[list(vocabulary)] = np.arange(1, len(vocabulary) + 1, dtype=np.int32)
+  return table
+
+
+def to_rows(input_ids: torch.Tensor, vocabulary: tuple[int, ...] = ()) -> torch.Tensor:
+  """CLIP ids -> the ids a text encoder with this vocabulary takes (unchanged when unpruned)."""
+  if not vocabulary:
+    return input_ids
+  return torch.from_numpy(row_table(vocabulary))[input_ids.long()]
+
+
+def tokenize(prompts: list[str], path: str | None = None,
+             vocabulary: tuple[int, ...] = ()) -> torch.Tensor:
+  """Prompts -> input_ids (B, 77) int32, padded with end-of-text as CLIP was trained; the
+  rows of a pruned `vocabulary` when one is given."""
   ids = load_tokenizer(path)(prompts, padding="max_length", max_length=MAX_TOKENS,
                              truncation=True, return_tensors="pt").input_ids
-  return ids.to(torch.int32)
+  return to_rows(ids.to(torch.int32), vocabulary)
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def write_tokenizer(folder: str, path: str | None = None,
+                    vocabulary: tuple[int, ...] = ()) -> list[str]:
+  """Writes the tokenizer an app needs beside an export: vocab.json, with each token's id
+  being the artifact's input (its embedding row under a pruned vocabulary), and merges.txt.
+  Returns the file names."""
+  source = path or tokenizer_dir()
+  with open(os.path.join(source, "vocab.json"), encoding="utf-8") as f:
+    vocab = json.load(f)
+  if vocabulary:
+    table = row_table(vocabulary)
+    vocab = {token: int(table[i]) for token, i in vocab.items()}
+  atomic.write_bytes(os.path.join(folder, "vocab.json"),
+                     json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+  atomic.copy_file(os.path.join(source, "merges.txt"), os.path.join(folder, "merges.txt"))
+  return list(TOKENIZER_FILES)

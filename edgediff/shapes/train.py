@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from edgediff import atomic, checkpoints, schedule, specs
 from edgediff.errors import EdgediffError
-from edgediff.models.text_encoder import tokenize
+from edgediff.models.text_encoder import to_rows, tokenize
 from edgediff.shapes import data
 
 VARIANTS = {  # variant -> the pipeline spec it trains
@@ -234,7 +234,7 @@ def pretrain_text_encoder(cfg: TrainConfig, out: str, progress: bool = True) -> 
   # output. At unit scale every word stays visible in its own position's output.
   nn.init.normal_(text_encoder.text_model.embeddings.token_embedding.weight, std=1.0)
   scenes = data.split()[0]
-  input_ids = tokenize([s.caption for s in scenes])
+  input_ids = tokenize([s.caption for s in scenes], vocabulary=text_encoder.config.vocabulary)
   labels = torch.tensor([[data.VALUES[a].index(getattr(s, a)) for a in data.ATTRIBUTES]
                          for s in scenes])
   width = text_encoder.text_model.config.hidden_size
@@ -275,7 +275,9 @@ def train_diffusion(cfg: TrainConfig, variant: str, text_encoder: nn.Module,
   losses, start, seconds = _resume(state_path, modules, optimizer)
   began = time.monotonic()
   abar = pipeline.schedule.alphas_cumprod()
-  empty = tokenize([""])  # (1, 77)
+  # The cached dataset keeps CLIP's ids; the text encoder takes its embedding rows.
+  input_ids = to_rows(input_ids, text_encoder.config.vocabulary)
+  empty = tokenize([""], vocabulary=text_encoder.config.vocabulary)  # (1, 77)
   v_prediction = {"v_prediction": True, "epsilon": False}[pipeline.prediction_type]
   bar = tqdm(range(start, cfg.steps), desc=f"diffusion ({variant})", initial=start,
              total=cfg.steps, disable=not progress)
