@@ -96,7 +96,8 @@ def cmd_export(args) -> int:
       batch=2 if args.cfg else 1, latent_size=latent_size, force=args.force, ort=args.ort,
       nhwc=args.nhwc, calib_prompts=_read_prompts(args.calib_prompts),
       max_memory_gb=args.max_memory, skip_runtimes=tuple(args.skip_runtime or ()),
-      guidance=args.guidance if args.guidance is not None else (7.5 if args.cfg else 1.0))
+      guidance=args.guidance if args.guidance is not None else (7.5 if args.cfg else 1.0),
+      clamp=not args.no_clamp)
   if args.int8:
     manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout)
   else:
@@ -436,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
                  choices=compat.NAMES,
                  help="leave an old runtime out of the gate (repeatable; by default every "
                       "artifact is also checked in tflite-runtime-2.14 or onnxruntime-1.17)")
+  p.add_argument("--no-clamp", action="store_true",
+                 help="leave the decoder's final clamp to [0, 1] to the app, which clips its "
+                      "pixels anyway: one op fewer (TFLite's RELU_0_TO_1, which some GPU "
+                      "delegates refuse)")
   p.add_argument("--force", action="store_true", help="redo components already exported")
   p.add_argument("--json", action="store_true", help="print the manifest as JSON")
   p.set_defaults(func=cmd_export)

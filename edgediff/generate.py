@@ -137,7 +137,8 @@ def generate(backend: Backend, prompt: str, steps: int = 8, guidance: float = 1.
       x = np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev) * eps
     x = x.astype(np.float32)
     latents.append(x)
-  image = timed("vae_decoder", {"latent": x})[0]
+  # Clipped here as an app clips its pixels: a decoder exported with --no-clamp leaves it.
+  image = np.clip(timed("vae_decoder", {"latent": x})[0], 0, 1)
   return Generation(image=image, latents=latents, seconds=seconds)
 
 

@@ -64,3 +64,23 @@ def test_tflite_signature_has_named_io(out_dir):
   sig = Interpreter(model_path=path).get_signature_list()["serving_default"]
   assert sorted(sig["inputs"]) == ["encoder_hidden_states", "sample", "timestep"]
   assert sig["outputs"] == ["noise_pred"]
+
+
+def test_no_clamp_leaves_the_decoders_clamp_to_the_app(out_dir, tmp_path):
+  from edgediff import cli, profile
+
+  clamped = os.path.join(out_dir, "md-tiny", "tflite", "fp32")
+  if not os.path.isfile(os.path.join(clamped, "vae_decoder.tflite")):
+    pytest.skip("needs test_export_every_tiny_spec")
+  assert "RELU_0_TO_1" in profile.tflite_op_mix(os.path.join(clamped, "vae_decoder.tflite"))["ops"]
+  assert cli.main(["export", "md-tiny", "--fmt", "tflite", "--component", "vae_decoder",
+                   "--no-clamp", "--out", str(tmp_path)]) == 0
+  folder = tmp_path / "md-tiny" / "tflite" / "fp32"
+  entry = json.loads((folder / "manifest.json").read_text())["components"]["vae_decoder"]
+  assert entry["clamped"] is False and entry["settings"]["clamp"] is False
+  ops = profile.tflite_op_mix(str(folder / "vae_decoder.tflite"))["ops"]
+  assert not {"RELU_0_TO_1", "RELU_N1_TO_1", "MINIMUM", "MAXIMUM"} & set(ops), ops
+  golden = np.load(folder / entry["golden"])
+  expected = golden["expected_image"]  # PyTorch's unclamped image, gated like any other
+  assert expected.min() < 0 or expected.max() > 1
+  assert entry["passed"] and entry["parity"]["ssim"] > 0.9999

@@ -55,6 +55,7 @@ class ExportOptions:
   max_memory_gb: float | None = None  # the preflight's budget; None: the RAM available now
   skip_runtimes: tuple[str, ...] = ()  # old runtimes (compat.NAMES) the gate leaves out
   guidance: float = 1.0  # the scale the app samples with: calibration records at it
+  clamp: bool = True  # the decoder clamps its image to [0, 1]; False leaves it to the app
 
 
 def sha256(path: str) -> str:
@@ -96,7 +97,7 @@ def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
           "thresholds": dataclasses.asdict(parity.THRESHOLDS[opts.recipe]),
           "batch": opts.batch, "latent_size": latent_size, "nhwc": opts.nhwc, "ort": opts.ort,
           "calib_prompts": opts.calib_prompts and list(opts.calib_prompts),
-          "guidance": opts.guidance, "vocabulary": list(pipe.vocabulary),
+          "guidance": opts.guidance, "vocabulary": list(pipe.vocabulary), "clamp": opts.clamp,
           "old_runtimes": [r.name for r in compat.for_format(opts.fmt, opts.skip_runtimes)]}
 
 
@@ -285,6 +286,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   memory estimate, when already made (checked again against the RAM available now)."""
   started = time.perf_counter()
   module = pipe.build(component)  # _fits has refused what cannot fit a flatbuffer
+  if component == "vae_decoder":
+    module.clamp = opts.clamp
   output_name = module.output_names[0]
   if calib:  # a calibrated recipe: gate on recorded inputs that calibration does not see
     if len(calib) <= PARITY_SAMPLES:
@@ -387,6 +390,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       "old_runtimes": old, "min_runtime": compat.min_runtime(opts.fmt, old),
       "parity_inputs": parity_inputs,
       "export_seconds": round(convert_s, 2), "quantization": quant_info,
+      **({"clamped": opts.clamp} if component == "vae_decoder" else {}),
   }
 
 

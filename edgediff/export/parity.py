@@ -139,7 +139,10 @@ def compare(component: str, references: list[np.ndarray], actuals: list[np.ndarr
       mean_abs=float(np.mean([e.mean() for e in errors])),
       snr_db=min(snr_db(r, a) for r, a in pairs),
       pearson=min(pearson(r, a) for r, a in pairs),
-      ssim=min(ssim(r, np.clip(a, 0, 1)) for r, a in pairs) if is_image(references[0]) else None,
+      # On the pixels an app shows, clipped to [0, 1] (a decoder exported with --no-clamp
+      # leaves that to the app).
+      ssim=(min(ssim(np.clip(r, 0, 1), np.clip(a, 0, 1)) for r, a in pairs)
+            if is_image(references[0]) else None),
       psnr_db=min(psnr_db(r, a) for r, a in pairs),
       cosine=min(cosine(r, a) for r, a in pairs),
       samples=len(references), thresholds=thresholds)

@@ -84,11 +84,15 @@ class SnapGenDecoder(nn.Module):
 
 
 class VaeDecoder(nn.Module):
-  """latent (B, C, h, w) -> image (B, 3, 8h, 8w) in [0, 1]."""
+  """latent (B, C, h, w) -> image (B, 3, 8h, 8w) in [0, 1]; with `clamp` False, values are
+  left unclamped, near [0, 1], for the app to clip."""
 
   def __init__(self, cfg: VaeDecoderConfig = SD_VAE_DECODER):
     super().__init__()
     self.config = cfg
+    # The final clamp becomes a RELU_0_TO_1 op in TFLite, which some GPU delegates refuse; an
+    # app that clips its pixels anyway can export without it (edgediff export --no-clamp).
+    self.clamp = True
     if cfg.kind == "snapgen":
       self.post_quant_conv = None
       self.decoder = SnapGenDecoder(cfg)
@@ -111,5 +115,5 @@ class VaeDecoder(nn.Module):
     z = latent / self.config.scaling_factor
     if self.post_quant_conv is not None:
       z = self.post_quant_conv(z)
-    image = self.decoder(z)
-    return (image / 2 + 0.5).clamp(0, 1)
+    image = self.decoder(z) / 2 + 0.5
+    return image.clamp(0, 1) if self.clamp else image
