@@ -208,6 +208,31 @@ def cmd_parity(args) -> int:
   return 0 if all(r["passed"] for r in results) else 1
 
 
+def cmd_gpu_check(args) -> int:
+  from edgediff.export import check, exporter, gpu_compat
+
+  rows, results = [], []
+  for folder in check.find_manifests(args.dir):
+    manifest = exporter.read_manifest(folder)
+    if manifest.get("format") != "tflite":
+      continue
+    for component, entry in manifest["components"].items():
+      result = gpu_compat.analyze(os.path.join(folder, entry["file"]), log=console.log)
+      results.append({"folder": folder, "component": component, **result})
+      rows.append({"folder": folder, "component": component,
+                   "gpu_delegate": "all ops" if result["compatible"] else "PARTIAL",
+                   "on_cpu": ", ".join(f"{op} x{e['count']}"
+                                       for op, e in result["flagged"].items()) or "-"})
+  if not results:
+    raise EdgediffError(f"{args.dir}: no TFLite export in it (the analyzer reads .tflite)")
+  if args.json:
+    print(json.dumps(results, indent=1))
+  else:
+    _print_table(rows, ["folder", "component", "gpu_delegate", "on_cpu"])
+    print(f"analyzer: {results[0]['analyzer']}")
+  return 0 if all(r["compatible"] for r in results) else 1
+
+
 def cmd_generate(args) -> int:
   from edgediff import generate as gen
   from edgediff import pipeline
@@ -520,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=_positive_int, help="diffusion batch size (default 64)")
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=cmd_train_demo)
+
+  p = sub.add_parser("gpu-check", parents=[common],
+                     help="which ops of a TFLite export a phone's GPU delegate leaves to the CPU")
+  p.add_argument("dir", help="an export folder (searched for manifest.json files)")
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=cmd_gpu_check)
 
   p = sub.add_parser("parity", parents=[common], help="re-run the parity gate on an exported folder")
   p.add_argument("dir", help="an export folder (searched for manifest.json files)")

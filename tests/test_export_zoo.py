@@ -68,11 +68,15 @@ def test_tflite_signature_has_named_io(out_dir):
 
 def test_no_clamp_leaves_the_decoders_clamp_to_the_app(out_dir, tmp_path):
   from edgediff import cli, profile
+  from edgediff.export import gpu_compat
 
   clamped = os.path.join(out_dir, "md-tiny", "tflite", "fp32")
   if not os.path.isfile(os.path.join(clamped, "vae_decoder.tflite")):
     pytest.skip("needs test_export_every_tiny_spec")
   assert "RELU_0_TO_1" in profile.tflite_op_mix(os.path.join(clamped, "vae_decoder.tflite"))["ops"]
+  # TensorFlow 2.15's GPU analyzer flags it: the GPU delegate would hand it to the CPU.
+  flagged = gpu_compat.analyze(os.path.join(clamped, "vae_decoder.tflite"))["flagged"]
+  assert "RELU_0_TO_1" in flagged
   assert cli.main(["export", "md-tiny", "--fmt", "tflite", "--component", "vae_decoder",
                    "--no-clamp", "--out", str(tmp_path)]) == 0
   folder = tmp_path / "md-tiny" / "tflite" / "fp32"
@@ -80,6 +84,7 @@ def test_no_clamp_leaves_the_decoders_clamp_to_the_app(out_dir, tmp_path):
   assert entry["clamped"] is False and entry["settings"]["clamp"] is False
   ops = profile.tflite_op_mix(str(folder / "vae_decoder.tflite"))["ops"]
   assert not {"RELU_0_TO_1", "RELU_N1_TO_1", "MINIMUM", "MAXIMUM"} & set(ops), ops
+  assert "RELU_0_TO_1" not in gpu_compat.analyze(str(folder / "vae_decoder.tflite"))["flagged"]
   golden = np.load(folder / entry["golden"])
   expected = golden["expected_image"]  # PyTorch's unclamped image, gated like any other
   assert expected.min() < 0 or expected.max() > 1

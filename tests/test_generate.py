@@ -93,7 +93,7 @@ def test_onnx_and_tflite_agree(out_dir):
   assert gen.image_psnr_db(images[0], images[1]) > 60
 
 
-def test_the_tokenizer_maps_a_pruned_vocabulary_not_a_gather_in_the_graph(out_dir):
+def test_the_tokenizer_maps_a_pruned_vocabulary_not_a_gather_in_the_graph(out_dir, capsys):
   from edgediff import profile, specs
   from edgediff.models import text_encoder as te
 
@@ -105,6 +105,12 @@ def test_the_tokenizer_maps_a_pruned_vocabulary_not_a_gather_in_the_graph(out_di
   ops = profile.tflite_op_mix(os.path.join(folder, "text_encoder.tflite"))["ops"]
   assert not {"LESS", "SELECT", "GATHER", "GATHER_ND"} & set(ops), ops
   assert ops["EMBEDDING_LOOKUP"] == 1
+  # TensorFlow 2.15's GPU analyzer flagged SELECT and GATHER_ND too; now only the table's own
+  # lookup is left to the CPU (edgediff gpu-check exits 1 on a partial graph).
+  assert cli.main(["gpu-check", folder]) == 1
+  table = capsys.readouterr().out
+  assert "EMBEDDING_LOOKUP x1" in table and "GATHER_ND" not in table and "SELECT" not in table
+  assert "tensorflow-2.15.1" in table
   # An app maps each BPE token through the export's vocab.json: that gives the rows the
   # artifact takes, and the artifact's output is PyTorch's.
   with open(os.path.join(folder, manifest["tokenizer"][0]), encoding="utf-8") as f:
