@@ -12,6 +12,7 @@ import numpy as np
 from edgediff import atomic, console
 from edgediff.errors import EdgediffError
 from edgediff.export import compat
+from edgediff.quant import recipes as recipes_lib
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -84,6 +85,8 @@ def cmd_export(args) -> int:
   from edgediff import pipeline
   from edgediff.export import exporter
 
+  if args.target and not args.int8:
+    raise EdgediffError("--target chooses among --int8's candidate recipes: use it with --int8")
   pipe = pipeline.open_pipeline(args.pipeline, from_diffusers=args.from_diffusers,
                                 weights=args.weights)
   latent_size = None
@@ -99,7 +102,8 @@ def cmd_export(args) -> int:
       guidance=args.guidance if args.guidance is not None else (7.5 if args.cfg else 1.0),
       clamp=not args.no_clamp)
   if args.int8:
-    manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout)
+    manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout,
+                                    target=args.target or "cpu")
   else:
     manifest = exporter.export_pipeline(pipe, opts)
   failures = [f for c in manifest["components"].values()  # an old runtime's, if the gate passed
@@ -117,7 +121,7 @@ def cmd_export(args) -> int:
                         "parity"])
     if "int8_selection" in manifest:
       sel = manifest["int8_selection"]
-      print(f"int8 recipe: {sel['chosen']} ({sel['why']})")
+      print(f"chosen recipe: {sel['chosen']} ({sel['why']})")
     print(f"manifest: {manifest['folder']}/manifest.json")
   for f in failures:
     print(f"edgediff: parity failed: {f}", file=sys.stderr)
@@ -453,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-memory", type=_positive_float, metavar="GB",
                  help="refuse a component whose estimated peak memory exceeds this "
                       "(default: the RAM available when it starts)")
+  p.add_argument("--target", choices=recipes_lib.TARGETS,
+                 help="--int8: the phone processor to choose for (default cpu: the fastest "
+                      "int8 recipe here; gpu: fp16 or int8 with the fewest ops a GPU "
+                      "delegate leaves to the CPU; npu: full-integer recipes only)")
   p.add_argument("--candidate-timeout", type=_positive_float, metavar="SECONDS",
                  help="--int8: give up on a candidate recipe after this long")
   p.add_argument("--guidance", type=_finite_float, metavar="SCALE",

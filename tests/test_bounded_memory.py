@@ -83,7 +83,7 @@ def test_int8_survives_a_failing_candidate(tmp_path, capsys):
   captured = capsys.readouterr()
   assert code == 3  # a passing recipe was chosen, but a candidate failed
   assert "edgediff: --int8 candidate int8_static failed:" in captured.err
-  chosen = captured.out.split("int8 recipe: ")[1].split()[0]
+  chosen = captured.out.split("chosen recipe: ")[1].split()[0]
   assert chosen in ("int8_dynamic", "int8_weight_only")
   with open(out / "md-tiny" / "tflite" / chosen / "manifest.json") as f:
     selection = json.load(f)["int8_selection"]

@@ -565,14 +565,68 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
   return manifest
 
 
-def _latency_ms(manifest: dict) -> dict[str, float]:
+def _latency_ms(manifest: dict, runs: int = 5) -> tuple[dict[str, float], float]:
+  """Per component, the median latency on its golden inputs; and the noise of their sum:
+  the sum of each component's interquartile range over the runs."""
   folder = manifest["folder"]
-  out = {}
+  medians, noise = {}, 0.0
   for component, entry in manifest["components"].items():
     feeds, _ = golden_feeds(folder, entry)
     run = runtimes.load_runner(manifest["format"], os.path.join(folder, entry["file"]))
-    out[component] = round(runtimes.median_latency_ms(run, feeds), 3)
-  return out
+    times = runtimes.timed_runs(lambda: run(feeds), runs)[1]
+    medians[component] = round(float(np.median(times)), 3)
+    noise += float(np.subtract(*np.percentile(times, [75, 25])))
+  return medians, round(noise, 3)
+
+
+# --target gpu: among artifacts the delegate runs equally whole, fp16 first (the GPU computes
+# in fp16 anyway, so a smaller file buys no speed), then the most accurate.
+_GPU_PREFERENCE = ("fp16", "int8_weight_only", "w8a16", "int8_static", "int8_dynamic")
+
+
+def choose(candidates: dict[str, dict], target: str = "cpu") -> tuple[str | None, str]:
+  """(chosen recipe, why) among `candidates` ({recipe: {"passed", "total_latency_ms",
+  "latency_noise_ms", "bytes", "worst_snr_db", "gpu_on_cpu"?}}, failed ones with "failed").
+  None when none passed."""
+  passing = [r for r, c in candidates.items() if c["passed"]]
+  if not passing:
+    return None, "none passed the parity gate"
+  if target == "gpu":
+    def rank(r):
+      return (len(candidates[r].get("gpu_on_cpu") or ()), _GPU_PREFERENCE.index(r),
+              -candidates[r]["worst_snr_db"])
+    chosen = min(passing, key=rank)
+    checked = any("gpu_on_cpu" in candidates[r] for r in passing)
+    return chosen, ("for a GPU delegate, which computes in fp16 whatever the file holds: "
+                    + ("the fewest ops left to the CPU (TensorFlow's GPU analyzer), then "
+                       if checked else "no GPU analyzer result for this format; ")
+                    + "fp16 first, then the most accurate")
+  # cpu and npu: the fastest here; a difference within the measured noise is a tie, which
+  # the smaller and then the more accurate artifact wins.
+  fastest = min(passing, key=lambda r: candidates[r]["total_latency_ms"])
+  best = candidates[fastest]
+  tied = [r for r in passing if candidates[r]["total_latency_ms"] - best["total_latency_ms"]
+          <= max(candidates[r]["latency_noise_ms"], best["latency_noise_ms"])]
+  chosen = min(tied, key=lambda r: (candidates[r]["bytes"], -candidates[r]["worst_snr_db"]))
+  kind = "full-integer (NPU) recipes" if target == "npu" else "int8 recipes"
+  why = (f"fastest of the passing {kind} ({', '.join(passing)}) by median latency on the "
+         f"golden inputs, measured in this run")
+  if len(tied) > 1:
+    why += (f"; {', '.join(tied)} within the measured noise of each other, so the smallest, "
+            f"then most accurate")
+  return chosen, why
+
+
+def _gpu_on_cpu(manifest: dict) -> list[str]:
+  """The ops, over every component, that TensorFlow's GPU analyzer says a GPU delegate leaves
+  to the CPU."""
+  from edgediff.export import gpu_compat
+
+  ops = []
+  for component, entry in manifest["components"].items():
+    result = gpu_compat.analyze(os.path.join(manifest["folder"], entry["file"]), log=log)
+    ops += [f"{component}:{op}" for op in result["flagged"]]
+  return ops
 
 
 def _candidate_components(manifest: dict) -> dict:
@@ -644,19 +698,21 @@ def _run_candidate(pipe, opts: ExportOptions, timeout_s: float | None) -> tuple[
 
 
 def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
-                timeout_s: float | None = None) -> dict:
-  """Exports every int8 recipe the runtime has and keeps the fastest one that passes.
+                timeout_s: float | None = None, target: str = "cpu") -> dict:
+  """Exports every candidate recipe for `target` (recipes.target_candidates) and keeps the
+  one `choose` picks among those that pass.
 
   Each candidate is exported in its own process: one that fails, runs out of memory or of
   time (`timeout_s`) is recorded as `failed` with its reason, and the choice is made among
   the others. Speed is the sum over the exported components of the median latency on the
-  golden inputs, measured in this run; the chosen recipe's manifest records the candidates
-  and the reason. Raises EdgediffError when no candidate produced an artifact.
+  golden inputs, measured in this run; the chosen recipe's manifest records the candidates,
+  the target and the reason. Raises EdgediffError when no candidate produced an artifact, or
+  for the npu target when no full-integer artifact passed.
   """
   atomic.check_folder(opts.out)
   candidates = {}
   manifests = {}
-  for recipe in recipes.int8_candidates(opts.fmt):
+  for recipe in recipes.target_candidates(opts.fmt, target):
     log(f"--int8: trying {recipe}")
     manifest, failure = _run_candidate(pipe, dataclasses.replace(opts, recipe=recipe),
                                        timeout_s)
@@ -664,28 +720,37 @@ def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
       log(f"--int8: {recipe} failed: {failure}")
       candidates[recipe] = {"passed": False, "failed": failure}
       continue
-    latency = _latency_ms(manifest)
+    latency, noise = _latency_ms(manifest)
+    entries = manifest["components"].values()
     candidates[recipe] = {"passed": manifest["passed"], "latency_ms": latency,
                           "total_latency_ms": round(sum(latency.values()), 3),
+                          "latency_noise_ms": noise,
+                          "bytes": sum(e["bytes"] for e in entries),
+                          "worst_snr_db": round(min(e["parity"]["snr_db"] for e in entries), 2),
                           "manifest": os.path.join(manifest["folder"], MANIFEST),
                           "components": _candidate_components(manifest)}
+    if target == "gpu" and opts.fmt == "tflite":
+      candidates[recipe]["gpu_on_cpu"] = _gpu_on_cpu(manifest)
     manifests[recipe] = manifest
+  failed = [r for r, c in candidates.items() if "failed" in c]
+  chosen, why = choose({r: c for r, c in candidates.items() if r in manifests}, target)
+  if chosen is None and target == "npu":
+    raise EdgediffError(
+        "--target npu: no full-integer artifact passed the parity gate (" + "; ".join(
+            f"{r}: {c.get('failed') or 'failed the gate, worst snr %.1f dB' % c['worst_snr_db']}"
+            for r, c in candidates.items()) + "); an NPU runs no other, so there is nothing "
+        "to give it: try more --calib-prompts, or --target cpu|gpu")
   if not manifests:
     raise EdgediffError("--int8: every candidate failed: " + "; ".join(
         f"{r}: {c['failed']}" for r, c in candidates.items()))
-  passing = [r for r in manifests if candidates[r]["passed"]]
-  failed = [r for r, c in candidates.items() if "failed" in c]
-  if not passing:
+  if chosen is None:
     chosen = min(manifests, key=lambda r: candidates[r]["total_latency_ms"])
-    why = "no int8 recipe passed the parity gate; reporting the fastest"
-  else:
-    chosen = min(passing, key=lambda r: candidates[r]["total_latency_ms"])
-    why = (f"fastest of the passing int8 recipes ({', '.join(passing)}) by median latency "
-           f"on the golden inputs, measured in this run")
+    why = "no candidate passed the parity gate; reporting the fastest"
   if failed:
     why += f"; {', '.join(failed)} failed (see candidates)"
   manifest = manifests[chosen]
-  manifest["int8_selection"] = {"chosen": chosen, "why": why, "candidates": candidates}
+  manifest["int8_selection"] = {"chosen": chosen, "target": target, "why": why,
+                                "candidates": candidates}
   folder = manifest.pop("folder")
   atomic.write_json(os.path.join(folder, MANIFEST), manifest)
   manifest["folder"] = folder

@@ -42,6 +42,23 @@ def int8_candidates(fmt: str) -> tuple[str, ...]:
   return tuple(r for r in INT8_RECIPES if r in SUPPORTED[fmt])
 
 
+# What `--int8 --target T` chooses among, for the phone's processor that will run the model:
+# - cpu: the int8 recipes, the fastest here (XNNPACK or onnxruntime's CPU kernels);
+# - gpu: fp16 and the int8 recipes: GPU delegates compute in fp16 whatever the file holds;
+# - npu: full-integer recipes only (int8 or int16 activations from calibration), the only
+#   ones NPUs and DSPs run.
+TARGETS = ("cpu", "gpu", "npu")
+FULL_INTEGER = ("int8_static", "w8a16")
+
+
+def target_candidates(fmt: str, target: str) -> tuple[str, ...]:
+  if target == "npu":
+    return tuple(r for r in FULL_INTEGER if r in SUPPORTED[fmt])
+  if target == "gpu":
+    return ("fp16", *int8_candidates(fmt))
+  return int8_candidates(fmt)
+
+
 def tflite_quant_config(recipe: str):
   """litert-torch's recipe for `recipe`, applied during conversion: fp16 only (None for
   fp32; the int8 recipes quantize the converted model, see quantize_tflite)."""
