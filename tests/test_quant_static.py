@@ -21,7 +21,7 @@ def out_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("static"))
 
 
-def _check_fallback(info, key):
+def _check_fallback(info):
   assert info["calibration_samples"] > 0
   # The artifact left is the fallback's best round, as measured on its own samples (the
   # gate then judges it on held-out ones).
@@ -29,7 +29,7 @@ def _check_fallback(info, key):
   assert info["rounds"] == len(info["history"])
   assert info["history"][info["kept_round"] - 1] == best
   assert (info["kept_round"] > 1) == bool(info["fallback"])  # kept in float after round 1
-  assert all(f[key] and "snr_db" in f for f in info["fallback"])
+  assert all(f["op"] and "sqnr_db" in f for f in info["fallback"])
 
 
 def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
@@ -41,7 +41,7 @@ def test_int8_static_calibrates_on_the_trajectory_and_falls_back(out_dir):
   for component in ("unet",):
     entry = manifest["components"][component]
     info = entry["quantization"]
-    _check_fallback(info, "node")
+    _check_fallback(info)
   # UNet inputs recorded at timesteps across the whole DDIM trajectory, both prompts kinds.
   from edgediff.quant import calibration
 
@@ -105,7 +105,7 @@ def _check_calibrated(manifest, recipe):
   for component in ("vae_decoder",):
     entry = manifest["components"][component]
     info = entry["quantization"]
-    _check_fallback(info, "tensor")
+    _check_fallback(info)
     assert entry["inputs"][0]["dtype"] == "float32"  # float I/O, whatever the recipe
     assert entry["parity_inputs"] == "held out of the calibration recording"
   # The shapes prompts calibrate the shapes model: empty prompt + 32 captions, 8 steps each;
@@ -147,7 +147,7 @@ def test_onnx_static_keeps_the_causal_mask_in_float(tmp_path):
   entry = manifest["components"]["text_encoder"]
   assert entry["passed"], entry["parity"]["failures"]
   first = entry["quantization"]["fallback"][:2]
-  assert all(f["snr_db"] is None for f in first), first
+  assert all(f["sqnr_db"] is None for f in first), first
   # QDQ at opset 19: onnx's reference evaluator runs it too, and agrees with onnxruntime.
   import onnx
   from onnx.reference import ReferenceEvaluator
@@ -259,7 +259,7 @@ def test_fallback_leaves_the_best_round_not_the_last():
   names = iter(["a", "b", "c", "d"])
   thresholds = parity.Thresholds(snr_db=99.0, pearson=0.999999, ssim=1.0)  # never passes
   info = fallback.quantize_with_fallback(
-      quantize, lambda: {next(names): -1.0}, [{}], [reference], "y", thresholds, key="op")
+      quantize, lambda: {next(names): -1.0}, [{}], [reference], "y", thresholds)
   assert info["rounds"] == fallback.MAX_ROUNDS and info["kept_round"] == 2
   assert [h["float"] for h in info["history"]] == [0, 1, 2, 3]
   best = max(info["history"], key=lambda h: h["snr_db"])

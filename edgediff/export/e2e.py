@@ -117,7 +117,8 @@ def explain(s: dict) -> str:
     swaps = ", ".join(f"{c} {v:.1f} dB" for c, v in s["component_psnr_db"].items())
     text += (f"; one exported component at a time in fp32 PyTorch, worst cases: {swaps}: "
              f"{s['dominant_component']} dominates")
-    layers = [next(v for k, v in f.items() if k != "snr_db").rsplit("/", 1)[-1]
+    # Manifests written before the one vocabulary named the op "node" (ONNX) or "tensor".
+    layers = [(f.get("op") or f.get("node") or f.get("tensor", "?")).rsplit("/", 1)[-1]
               for f in s["dominant_layers"]]
     if layers:
       text += f" (its fallback kept in float first: {', '.join(layers)})"

@@ -19,16 +19,17 @@ PER_ROUND = 0.25  # fraction of the still-quantized ops kept in float per round
 
 def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
                            sensitivity: Callable[[], dict[str, float]], samples, references,
-                           output: str, thresholds, key: str) -> dict:
+                           output: str, thresholds) -> dict:
   """quantize(excluded names) writes the artifact and returns its runner; sensitivity() gives
-  {name: SNR dB} of the artifact just written. Returns {"fallback": [{key, snr_db}] of the
+  {op name: SQNR dB} of the artifact just written (an ONNX node's or a TFLite tensor's name:
+  one vocabulary for both formats). Returns {"fallback": [{"op", "sqnr_db"}] of the
   artifact left, "rounds": n, "kept_round": its round, "history": each round's gate figures}.
   """
   excluded: list[dict] = []
   history: list[dict] = []
   best: tuple = ()
   for round_ in range(1, MAX_ROUNDS + 1):
-    run = quantize([e[key] for e in excluded])
+    run = quantize([e["op"] for e in excluded])
     report = parity.compare("", references, [run(f)[output] for f in samples], thresholds)
     history.append({"float": len(excluded), "snr_db": round(report.snr_db, 2),
                     "pearson": round(report.pearson, 6), "psnr_db": round(report.psnr_db, 2),
@@ -38,14 +39,14 @@ def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
       best = (score, list(excluded), round_)
     if report.passed or round_ == MAX_ROUNDS:
       break
-    done = {e[key] for e in excluded}
+    done = {e["op"] for e in excluded}
     ranked = sorted((v, n) for n, v in sensitivity().items() if n not in done)
     if not ranked:
       break
     take = max(1, int(len(ranked) * PER_ROUND))
-    excluded += [{key: n, "snr_db": round(v, 2) if math.isfinite(v) else None}
+    excluded += [{"op": n, "sqnr_db": round(v, 2) if math.isfinite(v) else None}
                  for v, n in ranked[:take]]
   _, excluded, kept = best
   if kept != round_:
-    quantize([e[key] for e in excluded])  # deterministic: the same ranges, the same bytes
+    quantize([e["op"] for e in excluded])  # deterministic: the same ranges, the same bytes
   return {"fallback": excluded, "rounds": round_, "kept_round": kept, "history": history}

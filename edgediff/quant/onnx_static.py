@@ -148,7 +148,7 @@ def _with_consumers(graph, nodes: list[str]) -> list[str]:
 
 def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references, output,
                            thresholds) -> dict:
-  """Writes `path`; returns {"fallback": [{node, snr_db}], "rounds": n}."""
+  """Writes `path`; returns {"fallback": [{op, sqnr_db}], "rounds": n}."""
   with tempfile.TemporaryDirectory() as tmp:
     unique = os.path.join(tmp, "unique.onnx")
     _unique_initializers(fp32_path, unique)
@@ -164,4 +164,4 @@ def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references
     ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
     return fallback.quantize_with_fallback(
         quantize, lambda: _node_sqnr(unique, path, ranked_on), samples, references, output,
-        thresholds, key="node")
+        thresholds)

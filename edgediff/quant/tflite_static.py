@@ -259,7 +259,7 @@ def _unbounded(qsvs: dict) -> list[str]:
 
 def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, samples, references,
                            output: str, thresholds) -> dict:
-  """Writes `path`; returns {"fallback": [{tensor, snr_db}], "rounds": n,
+  """Writes `path`; returns {"fallback": [{op, sqnr_db}], "rounds": n,
   "unbounded_in_float": [tensor]} (those in float from the first round, see UNBOUNDED)."""
   calibrated, reference = {}, {}
   ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
@@ -276,6 +276,6 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
       return _local_snr(fp32_path, reference["float"].snr(path))
 
     info = fallback.quantize_with_fallback(quantize, sensitivity, samples, references, output,
-                                           thresholds, key="tensor")
+                                           thresholds)
   info["unbounded_in_float"] = _unbounded(calibrated["result"])
   return info
