@@ -246,10 +246,10 @@ def cmd_generate(args) -> int:
   if args.artifacts:
     if args.pipeline or args.from_diffusers or args.weights:
       raise EdgediffError("--artifacts brings its own pipeline: drop PIPELINE/--weights")
-    backend = gen.artifact_backend(args.artifacts)
     manifest = exporter.read_manifest(args.artifacts)
+    backend = gen.artifact_backend(args.artifacts)  # raises, naming the folder, if not one
     pipe = pipeline.open_source(manifest["source"])
-    backend.tokenizer = pipe.tokenizer
+    backend = dataclasses.replace(backend, tokenizer=pipe.tokenizer)
     latent_size = manifest["latent_size"]
   else:
     pipe = pipeline.open_pipeline(args.pipeline, from_diffusers=args.from_diffusers,
@@ -484,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="the PNG to write")
   p.add_argument("--artifacts", metavar="DIR",
                  help="an export folder (out/<pipeline>/<fmt>/<recipe>); default: PyTorch")
-  p.add_argument("--backend", choices=["torch"], default="torch",
-                 help="without --artifacts: the runtime (PyTorch)")
+  # Without --artifacts, images come from PyTorch: --backend torch says only that, and is
+  # still accepted for the scripts that pass it.
+  p.add_argument("--backend", choices=["torch"], default="torch", help=argparse.SUPPRESS)
   p.add_argument("--from-diffusers", metavar="FOLDER", help="a local diffusers-format folder")
   p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
   p.add_argument("--steps", type=_positive_int, default=8, help="DDIM steps (default 8)")

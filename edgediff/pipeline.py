@@ -82,8 +82,10 @@ def open_pipeline(name: str | None = None, *, from_diffusers: str | None = None,
         checkpoints.load_state(empty, tensors, weights_path, component)
         return empty
     # Without weights, a seeded initialisation: the same command gives the same artifact.
-    torch.manual_seed(seed + specs.COMPONENTS.index(component))
-    return cspec.build(tiny=tiny)
+    # The seed is set inside a fork of torch's RNG, so building leaves the caller's as it was.
+    with torch.random.fork_rng(devices=[]):
+      torch.manual_seed(seed + specs.COMPONENTS.index(component))
+      return cspec.build(tiny=tiny)
 
   text_spec = spec.component("text_encoder")
   return Pipeline(name=name, build=build,

@@ -121,3 +121,15 @@ def test_tokenizer_works_offline():
   assert ids.dtype == torch.int32 and ids.shape == (1, 77)
   # Known CLIP ids: start, a, photo, of, a, cat, end (then end-of-text padding).
   assert ids[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 49407]
+
+
+def test_building_seeded_weights_leaves_the_callers_rng_alone():
+  from edgediff import pipeline
+
+  torch.manual_seed(123)
+  expected = torch.rand(3)
+  torch.manual_seed(123)
+  first = pipeline.open_pipeline("md-tiny").build("text_encoder").state_dict()
+  assert torch.equal(torch.rand(3), expected)
+  again = pipeline.open_pipeline("md-tiny").build("text_encoder").state_dict()
+  assert all(torch.equal(first[k], again[k]) for k in first)  # still seeded
