@@ -11,7 +11,7 @@ are the reference, and the table gives the gate's figures (worst sample) of:
   - the reference's mean everywhere; the reference shuffled; zeros;
   - PyTorch fp32 with one layer's weights perturbed: the last layer's weights plus noise at
     0.5x their standard deviation.
-The gate's thresholds (edgediff/export/parity.py) sit between the two groups; the README's
+The gate's thresholds (edgediff/metrics.py) sit between the two groups; the README's
 table is this script's output.
 """
 
@@ -23,8 +23,8 @@ import os
 import numpy as np
 import torch
 
-from edgediff import pipeline
-from edgediff.export import exporter, inputs, parity, runtimes
+from edgediff import metrics, pipeline, runtimes
+from edgediff.export import exporter, inputs
 from edgediff.quant import calibration, recipes
 
 SAMPLES = exporter.PARITY_SAMPLES
@@ -32,13 +32,13 @@ SAMPLES = exporter.PARITY_SAMPLES
 
 def figures(component: str, references, actuals) -> dict:
   out = {
-      "psnr_db": min(parity.psnr_db(r, a) for r, a in zip(references, actuals)),
-      "snr_db": min(parity.snr_db(r, a) for r, a in zip(references, actuals)),
-      "pearson": min(parity.pearson(r, a) for r, a in zip(references, actuals)),
-      "cosine": min(parity.cosine(r, a) for r, a in zip(references, actuals)),
+      "psnr_db": min(metrics.psnr_db(r, a) for r, a in zip(references, actuals)),
+      "snr_db": min(metrics.snr_db(r, a) for r, a in zip(references, actuals)),
+      "pearson": min(metrics.pearson(r, a) for r, a in zip(references, actuals)),
+      "cosine": min(metrics.cosine(r, a) for r, a in zip(references, actuals)),
   }
   if component == "vae_decoder":
-    out["ssim"] = min(parity.ssim(r, np.clip(a, 0, 1)) for r, a in zip(references, actuals))
+    out["ssim"] = min(metrics.ssim(r, np.clip(a, 0, 1)) for r, a in zip(references, actuals))
   return out
 
 

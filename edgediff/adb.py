@@ -169,13 +169,13 @@ def benchmark_argv(remote_binary: str, remote_model: str, args) -> list[str]:
 
 
 def run(args) -> dict:
-  from edgediff.export import exporter
+  from edgediff import manifest as manifest_lib
 
   if not os.path.isfile(args.benchmark_binary):
     raise EdgediffError(f"{args.benchmark_binary}: no such benchmark_model binary; build it "
                         "from tensorflow/lite/tools/benchmark or take the prebuilt "
                         "android_aarch64_benchmark_model from the LiteRT performance docs")
-  manifest = exporter.read_manifest(args.dir)
+  manifest = manifest_lib.read(args.dir)
   if manifest is None or manifest.get("format") != "tflite":
     raise EdgediffError(f"{args.dir}: not a TFLite export folder (no tflite manifest.json)")
   adb = find_adb()
@@ -239,10 +239,10 @@ APP_DIR = "/sdcard/Android/data/edgediff.demo/files/export"
 def export_files(folder: str) -> list[str]:
   """What the app needs of a TFLite export: the manifest, each component's artifact (and
   external data) and golden file, and the tokenizer's vocab.json and merges.txt."""
-  from edgediff.export import exporter
+  from edgediff import manifest as manifest_lib
   from edgediff.models.text_encoder import TOKENIZER_FILES, tokenizer_dir
 
-  manifest = exporter.read_manifest(folder)
+  manifest = manifest_lib.read(folder)
   if manifest is None:
     raise EdgediffError(f"{folder}: no manifest.json; point it at an export folder such as "
                         "out/<pipeline>/tflite/<recipe>")
@@ -252,7 +252,7 @@ def export_files(folder: str) -> list[str]:
   if missing:
     raise EdgediffError(f"{folder}: the export lacks {', '.join(sorted(missing))}; the app "
                         "runs the whole pipeline")
-  names = [exporter.MANIFEST]
+  names = [manifest_lib.MANIFEST]
   for entry in manifest["components"].values():
     names += [entry["file"], *(d["file"] for d in entry.get("external_data", [])),
               entry["golden"]]

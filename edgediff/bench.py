@@ -57,11 +57,12 @@ def _worker_cmd(backend: str, folder: str, component: str, runs: int, threads: i
 
 def worker(backend: str, folder: str, component: str, runs: int, threads: int) -> dict:
   """Load, first run, then `runs` timed runs on the golden inputs; prints JSON."""
-  from edgediff.export import exporter, runtimes
+  from edgediff import runtimes
+  from edgediff import manifest as manifest_lib
 
-  manifest = exporter.read_manifest(folder)
+  manifest = manifest_lib.read(folder)
   entry = manifest["components"][component]
-  feeds, _ = exporter.golden_feeds(folder, entry)
+  feeds, _ = manifest_lib.golden_feeds(folder, entry)
   start = time.perf_counter()
   if backend == "torch":
     import torch
@@ -85,9 +86,10 @@ def worker(backend: str, folder: str, component: str, runs: int, threads: int) -
 
 def bench_folder(folder: str, runs: int, threads: int, torch_done: set) -> list[dict]:
   """Rows for every component and backend of one export; PyTorch once per source."""
+  from edgediff import manifest as manifest_lib
   from edgediff.export import exporter
 
-  manifest = exporter.read_manifest(folder)
+  manifest = manifest_lib.read(folder)
   rows = []
   for component, entry in manifest["components"].items():
     backends = [manifest["format"]] + (["ort"] if entry.get("ort") else [])
@@ -133,9 +135,9 @@ def op_profiles(folder: str, runs: int, threads: int) -> list[dict]:
   """Per component of one export: ORT's per-op times (ONNX, and the .ort file when there is
   one) or the TFLite op mix and XNNPACK partitions (edgediff.profile)."""
   from edgediff import profile
-  from edgediff.export import exporter
+  from edgediff import manifest as manifest_lib
 
-  manifest = exporter.read_manifest(folder)
+  manifest = manifest_lib.read(folder)
   out = []
   for component, entry in manifest["components"].items():
     label = {"folder": folder, "component": component, "recipe": manifest["recipe"]}
@@ -143,7 +145,7 @@ def op_profiles(folder: str, runs: int, threads: int) -> list[dict]:
       out.append({**label, "backend": "tflite",
                   **profile.tflite_op_mix(os.path.join(folder, entry["file"]))})
       continue
-    feeds, _ = exporter.golden_feeds(folder, entry)
+    feeds, _ = manifest_lib.golden_feeds(folder, entry)
     for backend, file in (("onnx", entry["file"]), ("ort", entry.get("ort"))):
       if file:
         out.append({**label, "backend": backend, **profile.onnx_op_times(

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from edgediff import atomic, console
+from edgediff import atomic, console, metrics
 from edgediff.errors import EdgediffError
 from edgediff.export import compat
 from edgediff.quant import recipes as recipes_lib
@@ -213,11 +213,12 @@ def cmd_parity(args) -> int:
 
 
 def cmd_gpu_check(args) -> int:
-  from edgediff.export import check, exporter, gpu_compat
+  from edgediff import manifest as manifest_lib
+  from edgediff.export import check, gpu_compat
 
   rows, results = [], []
   for folder in check.find_manifests(args.dir):
-    manifest = exporter.read_manifest(folder)
+    manifest = manifest_lib.read(folder)
     if manifest.get("format") != "tflite":
       continue
     for component, entry in manifest["components"].items():
@@ -240,13 +241,13 @@ def cmd_gpu_check(args) -> int:
 def cmd_generate(args) -> int:
   from edgediff import generate as gen
   from edgediff import pipeline
-  from edgediff.export import exporter
+  from edgediff import manifest as manifest_lib
 
   atomic.check_file(args.out)
   if args.artifacts:
     if args.pipeline or args.from_diffusers or args.weights:
       raise EdgediffError("--artifacts brings its own pipeline: drop PIPELINE/--weights")
-    manifest = exporter.read_manifest(args.artifacts)
+    manifest = manifest_lib.read(args.artifacts)
     backend = gen.artifact_backend(args.artifacts)  # raises, naming the folder, if not one
     pipe = pipeline.open_source(manifest["source"])
     backend = dataclasses.replace(backend, tokenizer=pipe.tokenizer)
@@ -272,7 +273,7 @@ def cmd_generate(args) -> int:
     reference = gen.generate(gen.torch_backend(pipe, latent_size), args.prompt,
                              steps=args.steps, guidance=args.guidance, seed=args.seed,
                              progress=False)
-    psnr = gen.image_psnr_db(reference.image, result.image)
+    psnr = metrics.image_psnr_db(reference.image, result.image)
     print(f"image PSNR against PyTorch fp32 (same prompt and seed): {psnr:.2f} dB")
   _print_adherence(args.prompt, result.image)
   return 0

@@ -38,7 +38,7 @@ class Backend:
 def torch_backend(pipe, latent_size: int | None = None) -> Backend:
   modules = {c: pipe.build(c) for c in ("text_encoder", "unet", "vae_decoder")}
 
-  from edgediff.export.runtimes import torch_call
+  from edgediff.runtimes import torch_call
 
   sample = modules["unet"].input_specs(1, latent_size or pipe.latent_size)[0]
   runners = {c: functools.partial(torch_call, m) for c, m in modules.items()}
@@ -47,11 +47,12 @@ def torch_backend(pipe, latent_size: int | None = None) -> Backend:
 
 
 def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
-  from edgediff.export import exporter, runtimes
+  from edgediff import runtimes
+  from edgediff import manifest as manifest_lib
 
-  manifest = exporter.read_manifest(folder)
+  manifest = manifest_lib.read(folder)
   if manifest is None:
-    raise EdgediffError(f"{folder}: no {exporter.MANIFEST}; point --artifacts at an export "
+    raise EdgediffError(f"{folder}: no {manifest_lib.MANIFEST}; point --artifacts at an export "
                         "folder such as out/<pipeline>/<fmt>/<recipe>")
   missing = {"text_encoder", "unet", "vae_decoder"} - set(manifest["components"])
   if missing:
@@ -63,7 +64,7 @@ def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
     nhwc = entry.get("layout") == "NHWC"
 
     def call(feeds):
-      out = run(exporter.to_layout(feeds, nhwc))[output]
+      out = run(manifest_lib.to_layout(feeds, nhwc))[output]
       return np.moveaxis(out, -1, 1) if nhwc and out.ndim == 4 else out
     return call
 
@@ -149,9 +150,3 @@ def save_png(image: np.ndarray, path: str) -> None:
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, format="PNG")
   atomic.write_bytes(path, buffer.getvalue())
-
-
-def image_psnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-  """PSNR of two [0, 1] images (peak 1)."""
-  mse = float(np.mean((reference.astype(np.float64) - actual.astype(np.float64)) ** 2))
-  return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)

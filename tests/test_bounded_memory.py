@@ -96,9 +96,9 @@ def test_int8_survives_a_failing_candidate(tmp_path, capsys):
 
 
 def test_sizes_count_external_data(tmp_path, capsys, monkeypatch):
-  from edgediff.export import onnx as onnx_lib
+  from edgediff import onnx_files
 
-  monkeypatch.setattr(onnx_lib, "EXTERNAL_DATA_BYTES", 0)  # as a full-size UNet is written
+  monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 0)  # as a full-size UNet is written
   out = tmp_path / "out"
   code = cli.main(["export", "md-tiny", "--fmt", "onnx", "--component", "vae_decoder",
                    "--out", str(out)])
@@ -129,12 +129,13 @@ def test_onnx_recipes_of_an_unsimplified_model_with_external_data(tmp_path, monk
   import onnxruntime
   from onnxruntime.transformers import float16
 
+  from edgediff import onnx_files
   from edgediff.export import onnx as onnx_lib
-  from edgediff.export.runtimes import torch_call
+  from edgediff.runtimes import torch_call
   from edgediff.quant import recipes
 
   monkeypatch.setattr(onnx_lib, "SLIM_MAX_BYTES", 0)
-  monkeypatch.setattr(onnx_lib, "EXTERNAL_DATA_BYTES", 0)
+  monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 0)
 
   def in_memory_shape_inference(*args, **kwargs):  # serialises the model: fails over 2 GB
     raise ValueError("Failed to serialize proto (as for SD-1.5's 3.4 GB UNet)")

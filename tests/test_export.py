@@ -7,8 +7,8 @@ import onnx
 from onnx import numpy_helper
 import pytest
 
-from edgediff import cli, pipeline
-from edgediff.export import exporter, runtimes
+from edgediff import cli, pipeline, runtimes
+from edgediff.export import exporter
 from tests.test_checkpoints import write_tiny_diffusers_folder
 
 @pytest.fixture(scope="module")
@@ -214,11 +214,11 @@ def test_quiet_by_default_all_in_the_log_and_the_libraries_under_v(tmp_path, cap
 
 def test_a_failed_gate_exits_1_marks_the_manifest_and_is_not_skipped(tmp_path, capsys,
                                                                       monkeypatch):
-  from edgediff.export import parity
+  from edgediff import metrics
 
   # A threshold no fp32 artifact can meet: the gate fails on a real export.
-  monkeypatch.setitem(parity.THRESHOLDS, "fp32",
-                      parity.Thresholds(snr_db=500.0, pearson=1.0, ssim=1.0))
+  monkeypatch.setitem(metrics.THRESHOLDS, "fp32",
+                      metrics.Thresholds(snr_db=500.0, pearson=1.0, ssim=1.0))
   argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "text_encoder", "--out",
           str(tmp_path)]
   assert cli.main(argv) == 1

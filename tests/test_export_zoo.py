@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from edgediff import pipeline
-from edgediff.export import exporter, parity, runtimes
+from edgediff import metrics, pipeline, runtimes
+from edgediff.export import exporter
 
 # Every tiny spec once: md-tiny carries the text encoder and md-decoder.
 CASES = [
@@ -40,8 +40,8 @@ def test_export_every_tiny_spec(out_dir, name, components, fmt):
   for component in components:
     entry = on_disk["components"][component]
     report = entry["parity"]
-    assert report["snr_db"] >= parity.THRESHOLDS["fp32"].snr_db
-    assert report["pearson"] >= parity.THRESHOLDS["fp32"].pearson
+    assert report["snr_db"] >= metrics.THRESHOLDS["fp32"].snr_db
+    assert report["pearson"] >= metrics.THRESHOLDS["fp32"].pearson
     assert report["max_abs"] < 1e-3 and report["samples"] == exporter.PARITY_SAMPLES
     # The golden file reproduces PyTorch through the runtime, independently of edgediff's gate.
     golden = np.load(os.path.join(folder, entry["golden"]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgediff import cli, generate as gen, pipeline, schedule
+from edgediff import cli, generate as gen, manifest as manifest_lib, metrics, pipeline, schedule
 from edgediff.export import e2e, exporter
 
 # fp16 end to end is in the README's table of every recipe; here fp32 in both runtimes, int8.
@@ -90,7 +90,7 @@ def test_onnx_and_tflite_agree(out_dir):
   for fmt in ("onnx", "tflite"):
     backend = gen.artifact_backend(os.path.join(out_dir, "shapes", fmt, "fp32"))
     images.append(gen.generate(backend, "a green star", steps=3, seed=2, progress=False).image)
-  assert gen.image_psnr_db(images[0], images[1]) > 60
+  assert metrics.image_psnr_db(images[0], images[1]) > 60
 
 
 def test_the_tokenizer_maps_a_pruned_vocabulary_not_a_gather_in_the_graph(out_dir, capsys):
@@ -98,7 +98,7 @@ def test_the_tokenizer_maps_a_pruned_vocabulary_not_a_gather_in_the_graph(out_di
   from edgediff.models import text_encoder as te
 
   folder = os.path.join(out_dir, "shapes", "tflite", "fp32")
-  manifest = exporter.read_manifest(folder)
+  manifest = manifest_lib.read(folder)
   assert manifest["vocabulary"] == list(specs.SHAPES_VOCABULARY)
   # The CLIP id -> row remap was a LESS, SELECT and GATHER_ND chain on the input, which GPU
   # delegates refuse; only the embedding table's own lookup is left.

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgediff.export import parity, runtimes, tflite
+from edgediff import metrics, runtimes
+from edgediff.export import tflite
 from edgediff.quant import aeq_workaround
 
 
@@ -30,7 +31,7 @@ def test_int8_conversion_of_a_conv_weight_over_32_mib(tmp_path):
   got = runtimes.tflite_runner(path)({"x": x.numpy()})["y"]
   with torch.no_grad():
     ref = module(x).numpy()
-  report = parity.compare("conv", [ref], [got], parity.THRESHOLDS["int8_weight_only"])
+  report = metrics.compare("conv", [ref], [got], metrics.THRESHOLDS["int8_weight_only"])
   assert report.passed, report.failures
 
 

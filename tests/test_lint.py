@@ -3,19 +3,19 @@ import dataclasses
 import numpy as np
 import torch
 
-from edgediff import specs
+from edgediff import metrics, specs
 from edgediff.quant import lint
 
 
 def test_fake_quant_noise_is_what_8_bits_give():
   x = torch.linspace(-1, 3, 10_001)
   # Uniform data over the full range: SQNR ~ 6.02 * 8 + 1.76 dB for a sine, ~48 dB here.
-  assert 45 < lint.sqnr_db(x, lint.fake_quant(x, -1, 3)) < 52
-  assert 20 < lint.sqnr_db(x, lint.fake_quant(x, -1, 3, bits=4)) < 28
+  assert 45 < metrics.sqnr_db(x, lint.fake_quant(x, -1, 3)) < 52
+  assert 20 < metrics.sqnr_db(x, lint.fake_quant(x, -1, 3, bits=4)) < 28
   w = torch.randn(16, 8, 3, 3)
   wq = lint.fake_quant_weight(w)
-  assert len(torch.unique(wq[0])) <= 255 and lint.sqnr_db(w, wq) > 35
-  assert lint.sqnr_db(x, x) == float("inf")
+  assert len(torch.unique(wq[0])) <= 255 and metrics.sqnr_db(w, wq) > 35
+  assert metrics.sqnr_db(x, x) == float("inf")
 
 
 def _unet(**changes):

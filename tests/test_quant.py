@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from edgediff import cli, pipeline
-from edgediff.export import exporter, parity
+from edgediff import cli, metrics, pipeline
+from edgediff.export import exporter
 from edgediff.export import onnx as onnx_lib
 from edgediff.quant import recipes
 
@@ -32,7 +32,7 @@ def test_every_recipe_passes_its_own_gate(out_dir, fmt, recipe):
   report = entry["parity"]
   assert manifest["recipe"] == recipe and manifest["folder"].endswith(os.path.join(fmt, recipe))
   assert entry["passed"], report["failures"]
-  assert report["thresholds"] == dataclasses.asdict(parity.THRESHOLDS[recipe])
+  assert report["thresholds"] == dataclasses.asdict(metrics.THRESHOLDS[recipe])
   # Quantization changed the numbers: the artifact is not secretly fp32.
   assert report["snr_db"] < 105  # fp32 artifacts of this UNet score 123-126 dB
   fp32_bytes = onnx_lib.param_bytes(pipeline.open_pipeline("shapes").build("unet"))
@@ -55,10 +55,10 @@ def check_readable_by_old_parsers(path):
 
 
 def test_thresholds_are_tighter_for_fp16_than_int8():
-  fp16 = parity.THRESHOLDS["fp16"]
+  fp16 = metrics.THRESHOLDS["fp16"]
   for recipe in recipes.INT8_RECIPES:
-    assert fp16.snr_db > parity.THRESHOLDS[recipe].snr_db + 5
-    assert fp16.pearson > parity.THRESHOLDS[recipe].pearson
+    assert fp16.snr_db > metrics.THRESHOLDS[recipe].snr_db + 5
+    assert fp16.pearson > metrics.THRESHOLDS[recipe].pearson
 
 
 @pytest.mark.parametrize("wrong", ["noise 0.1x", "noise 0.3x", "noise 0.5x", "mean", "zeros",
@@ -76,8 +76,8 @@ def test_no_recipe_passes_a_wrong_output(wrong):
               "mean": np.full_like(reference, reference.mean()),
               "zeros": np.zeros_like(reference),
               "shuffled": rng.permutation(reference.ravel()).reshape(reference.shape)}[wrong]
-    for recipe, thresholds in parity.THRESHOLDS.items():
-      report = parity.compare("x", [reference], [actual.astype(np.float32)], thresholds)
+    for recipe, thresholds in metrics.THRESHOLDS.items():
+      report = metrics.compare("x", [reference], [actual.astype(np.float32)], thresholds)
       assert not report.passed, (recipe, wrong, report.summary())
 
 

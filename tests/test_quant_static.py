@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from edgediff import pipeline
-from edgediff.export import exporter, parity
+from edgediff import metrics, pipeline
+from edgediff.export import exporter
 from test_quant import check_readable_by_old_parsers
 
 
@@ -157,7 +157,7 @@ def test_onnx_static_keeps_the_causal_mask_in_float(tmp_path):
   golden = np.load(os.path.join(manifest["folder"], entry["golden"]))
   got = ReferenceEvaluator(model).run(None, {"input_ids": golden["input_ids"]})[0]
   expected = golden["expected_last_hidden_state"]
-  assert parity.snr_db(expected, got) >= entry["parity"]["snr_db"] - 1
+  assert metrics.snr_db(expected, got) >= entry["parity"]["snr_db"] - 1
   # uint8 weights: with int8 ones, onnxruntime's kernels on x86 CPUs without VNNI saturate
   # (the trained decoder then gave 16 dB, with every node quantized).
   import onnx
@@ -257,7 +257,7 @@ def test_fallback_leaves_the_best_round_not_the_last():
     return lambda feed: {"y": noisy.astype(np.float32)}
 
   names = iter(["a", "b", "c", "d"])
-  thresholds = parity.Thresholds(snr_db=99.0, pearson=0.999999, ssim=1.0)  # never passes
+  thresholds = metrics.Thresholds(snr_db=99.0, pearson=0.999999, ssim=1.0)  # never passes
   info = fallback.quantize_with_fallback(
       quantize, lambda: {next(names): -1.0}, [{}], [reference], "y", thresholds)
   assert info["rounds"] == fallback.MAX_ROUNDS and info["kept_round"] == 2

@@ -8,9 +8,11 @@ manifest fails the check, naming the file.
 
 import os
 
+from edgediff import manifest as manifest_lib, metrics
 from edgediff import pipeline as pipeline_lib
+from edgediff import runtimes
 from edgediff.errors import EdgediffError
-from edgediff.export import exporter, inputs as inputs_lib, parity, runtimes
+from edgediff.export import exporter, inputs as inputs_lib
 
 FRESH_SEED = 1
 
@@ -18,15 +20,15 @@ FRESH_SEED = 1
 def find_manifests(root: str) -> list[str]:
   if not os.path.isdir(root):
     raise EdgediffError(f"{root}: no such folder")
-  found = sorted(d for d, _, files in os.walk(root) if exporter.MANIFEST in files)
+  found = sorted(d for d, _, files in os.walk(root) if manifest_lib.MANIFEST in files)
   if not found:
-    raise EdgediffError(f"{root}: no {exporter.MANIFEST} in it or below it")
+    raise EdgediffError(f"{root}: no {manifest_lib.MANIFEST} in it or below it")
   return found
 
 
 def check_folder(folder: str) -> list[dict]:
-  manifest = exporter.read_manifest(folder)
-  thresholds = parity.THRESHOLDS[manifest["recipe"]]
+  manifest = manifest_lib.read(folder)
+  thresholds = metrics.THRESHOLDS[manifest["recipe"]]
   pipe = pipeline_lib.open_source(manifest["source"])
   results = []
   text_encoder = None
@@ -36,8 +38,8 @@ def check_folder(folder: str) -> list[dict]:
       raise EdgediffError(f"{path}: missing ({component} artifact listed in the manifest)")
     runner = runtimes.load_runner(manifest["format"], path)
     output = entry["outputs"][0]["name"]
-    feeds, golden = exporter.golden_feeds(folder, entry)
-    golden_report = parity.compare(component, [golden[f"expected_{output}"]],
+    feeds, golden = manifest_lib.golden_feeds(folder, entry)
+    golden_report = metrics.compare(component, [golden[f"expected_{output}"]],
                                    [runner(feeds)[output]], thresholds)
     module = pipe.build(component)
     if component == "unet" and text_encoder is None:
@@ -46,13 +48,13 @@ def check_folder(folder: str) -> list[dict]:
         pipe, component, module, manifest["batch"], manifest["latent_size"],
         n=exporter.PARITY_SAMPLES, seed=FRESH_SEED, text_encoder=text_encoder)
     nhwc = entry.get("layout") == "NHWC"
-    references = [exporter.to_layout({output: r}, nhwc)[output]
+    references = [manifest_lib.to_layout({output: r}, nhwc)[output]
                   for r in exporter.torch_outputs(module, samples)]
-    actuals = [runner(exporter.to_layout(f, nhwc))[output] for f in samples]
-    fresh_report = parity.compare(component, references, actuals, thresholds)
+    actuals = [runner(manifest_lib.to_layout(f, nhwc))[output] for f in samples]
+    fresh_report = metrics.compare(component, references, actuals, thresholds)
     changed = [f for f, digest in ((entry["file"], entry["sha256"]),
                                    (entry["golden"], entry.get("golden_sha256")))
-               if digest and exporter.sha256(os.path.join(folder, f)) != digest]
+               if digest and manifest_lib.sha256(os.path.join(folder, f)) != digest]
     # An artifact that is not the one gated fails, whatever it computes now.
     results.append({
         "folder": folder, "component": component, "sha256_ok": not changed,

@@ -23,8 +23,8 @@ import tempfile
 
 import numpy as np
 
+from edgediff import metrics
 from edgediff.errors import EdgediffError
-from edgediff.export import parity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ def check(fmt: str, path: str, samples, references, output: str, thresholds,
     status, detail, got = run(runtime, path, samples, log)
     entry = {"status": status}
     if status == "ran":
-      report = parity.compare(runtime.name, references, [g[output] for g in got], thresholds)
+      report = metrics.compare(runtime.name, references, [g[output] for g in got], thresholds)
       entry.update(version=detail, snr_db=report.snr_db, pearson=report.pearson,
                    ssim=report.ssim, psnr_db=report.psnr_db, passed=report.passed,
                    failures=report.failures)

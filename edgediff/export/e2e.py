@@ -13,10 +13,9 @@ import io
 
 import numpy as np
 
-from edgediff import atomic
+from edgediff import atomic, manifest as manifest_lib, metrics
 from edgediff import generate as gen
 from edgediff import pipeline as pipeline_lib
-from edgediff.export import exporter, parity
 
 # Minimum image PSNR (dB) against PyTorch fp32, per recipe, of the mean over prompts and
 # of the worst prompt: a mean can hide one visibly broken image (the shapes model's TFLite
@@ -46,7 +45,7 @@ def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
   swap costs the most image PSNR is the one that dominates the error."""
   from skimage.metrics import structural_similarity
 
-  manifest = exporter.read_manifest(folder)
+  manifest = manifest_lib.read(folder)
   pipe = pipeline_lib.open_source(manifest["source"])
   prompts = prompts or pipe.prompts
   reference = gen.torch_backend(pipe, manifest["latent_size"])
@@ -57,9 +56,9 @@ def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
       ref = gen.generate(reference, prompt, steps, guidance, seed, progress=False)
       got = gen.generate(exported, prompt, steps, guidance, seed, progress=False)
       cases.append(Case(
-          prompt, seed, gen.image_psnr_db(ref.image, got.image),
+          prompt, seed, metrics.image_psnr_db(ref.image, got.image),
           float(structural_similarity(ref.image, got.image, channel_axis=0, data_range=1.0)),
-          [parity.psnr_db(r, g) for r, g in zip(ref.latents, got.latents)],
+          [metrics.psnr_db(r, g) for r, g in zip(ref.latents, got.latents)],
           ref.image, got.image))
   threshold = E2E_PSNR_DB[manifest["recipe"]]
   result = {"folder": folder, "format": manifest["format"], "recipe": manifest["recipe"],
@@ -72,7 +71,7 @@ def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
       hybrid = dataclasses.replace(
           reference, runners={**reference.runners, component: exported.runners[component]},
           unet_batch=exported.unet_batch if component == "unet" else reference.unet_batch)
-      by_component[component] = float(np.mean([gen.image_psnr_db(
+      by_component[component] = float(np.mean([metrics.image_psnr_db(
           c.reference, gen.generate(hybrid, c.prompt, steps, guidance, c.seed,
                                     progress=False).image) for c in worst]))
     result["component_psnr_db"] = by_component
@@ -139,7 +138,7 @@ def runtimes_agree(results: list[dict]) -> list[dict]:
     (fa, a), (fb, b) = list(mine.items())[:2]
     images = {(c.prompt, c.seed): c.image for c in b["cases"]}
     row[f"{fa}_vs_{fb}_db"] = round(float(np.mean([
-        gen.image_psnr_db(c.image, images[(c.prompt, c.seed)]) for c in a["cases"]
+        metrics.image_psnr_db(c.image, images[(c.prompt, c.seed)]) for c in a["cases"]
         if (c.prompt, c.seed) in images])), 2)
     rows.append(row)
   return rows

@@ -24,19 +24,17 @@ import numpy as np
 import torch
 
 import edgediff
-from edgediff import atomic, console, memory
-from edgediff.console import libraries_quiet, log
+from edgediff import atomic, console, manifest as manifest_lib, memory, metrics, onnx_files
 from edgediff import pipeline as pipeline_lib
+from edgediff import runtimes
+from edgediff.console import libraries_quiet, log
 from edgediff.errors import EdgediffError, first_line
-from edgediff.export import inputs as inputs_lib
-from edgediff.export import onnx as onnx_lib
-from edgediff.export import compat, parity, runtimes, tflite as tflite_lib
+from edgediff.export import compat, inputs as inputs_lib, onnx as onnx_lib, tflite as tflite_lib
 from edgediff.models import text_encoder as text_encoder_lib
 from edgediff.quant import calibration, onnx_static, recipes, tflite_static
 from edgediff.specs import COMPONENTS
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
-MANIFEST = "manifest.json"
 PARITY_SAMPLES = 4
 
 
@@ -58,12 +56,6 @@ class ExportOptions:
   clamp: bool = True  # the decoder clamps its image to [0, 1]; False leaves it to the app
 
 
-def sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def runtime_versions() -> dict[str, str]:
@@ -72,20 +64,6 @@ def runtime_versions() -> dict[str, str]:
   return {n: metadata.version(n) for n in names}
 
 
-def read_manifest(folder: str) -> dict | None:
-  """The manifest in `folder` (None when there is none); EdgediffError naming the file when
-  it is not one that edgediff wrote (edited, truncated, or another file by that name)."""
-  path = os.path.join(folder, MANIFEST)
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      manifest = json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise EdgediffError(f"{path}: not a manifest edgediff wrote ({first_line(e)})") from None
-  if not isinstance(manifest, dict) or not isinstance(manifest.get("components"), dict):
-    raise EdgediffError(f"{path}: not a manifest edgediff wrote (no components)")
-  return manifest
 
 
 def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
@@ -94,7 +72,7 @@ def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
   it holds now)."""
   return {"source": pipe.source, "weights_sha256": _weights_digests(pipe.source),
           "edgediff": edgediff.__version__, "recipe": opts.recipe,
-          "thresholds": dataclasses.asdict(parity.THRESHOLDS[opts.recipe]),
+          "thresholds": dataclasses.asdict(metrics.THRESHOLDS[opts.recipe]),
           "batch": opts.batch, "latent_size": latent_size, "nhwc": opts.nhwc, "ort": opts.ort,
           "calib_prompts": opts.calib_prompts and list(opts.calib_prompts),
           "guidance": opts.guidance, "vocabulary": list(pipe.vocabulary), "clamp": opts.clamp,
@@ -103,23 +81,9 @@ def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
 
 def _weights_digests(source: dict) -> list:
   """[path, sha256] of each weights file a source reads (none for seeded zoo weights)."""
-  return [[path, sha256(path)] for path, _, _ in _source_stamp(source)]
+  return [[path, manifest_lib.sha256(path)] for path, _, _ in _source_stamp(source)]
 
 
-def _is_current(entry: dict | None, folder: str, settings: dict) -> bool:
-  if not entry or not entry.get("passed") or entry.get("settings") != settings:
-    return False
-  path = os.path.join(folder, entry["file"])
-  for data in entry.get("external_data") or []:
-    data_path = os.path.join(folder, data["file"])
-    if not os.path.isfile(data_path) or os.path.getsize(data_path) != data["bytes"]:
-      return False
-  golden = os.path.join(folder, entry["golden"])
-  if not os.path.isfile(golden) or sha256(golden) != entry.get("golden_sha256"):
-    return False
-  if entry.get("ort") and not os.path.isfile(os.path.join(folder, entry["ort"])):
-    return False
-  return os.path.isfile(path) and sha256(path) == entry["sha256"]
 
 
 def artifact_files(path: str) -> list[str]:
@@ -127,7 +91,7 @@ def artifact_files(path: str) -> list[str]:
   if not path.endswith(".onnx"):
     return [path]
   folder = os.path.dirname(path)
-  return [path] + [os.path.join(folder, n) for n in onnx_lib.external_data_files(path)]
+  return [path] + [os.path.join(folder, n) for n in onnx_files.external_data_files(path)]
 
 
 def artifact_bytes(path: str, files: list[str] | None = None) -> int:
@@ -140,10 +104,6 @@ def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray
   return [runtimes.torch_call(module, f) for f in feeds]
 
 
-def golden_feeds(folder: str, entry: dict) -> tuple[dict[str, np.ndarray], np.lib.npyio.NpzFile]:
-  """A component's golden inputs (and the whole golden file, for its expected outputs)."""
-  golden = np.load(os.path.join(folder, entry["golden"]))
-  return {i["name"]: golden[i["name"]] for i in entry["inputs"]}, golden
 
 
 def _write_float(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]],
@@ -175,15 +135,15 @@ def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, reference
   if opts.fmt == "onnx":
     if opts.recipe == "int8_static":
       info = onnx_static.quantize_with_fallback(fp32_path, path, calib, samples, references,
-                                                output_name, parity.THRESHOLDS[opts.recipe])
+                                                output_name, metrics.THRESHOLDS[opts.recipe])
       info["calibration_samples"] = len(calib)
     else:
       recipes.quantize_onnx(opts.recipe, fp32_path, path)
   else:  # litert-torch's fp32, then ai-edge-quantizer
     calib = tflite_static.calibration_subset(calib)
     info = tflite_static.quantize_with_fallback(
-        fp32_path, path, opts.recipe, [to_layout(f, opts.nhwc) for f in calib], samples,
-        references, output_name, parity.THRESHOLDS[opts.recipe])
+        fp32_path, path, opts.recipe, [manifest_lib.to_layout(f, opts.nhwc) for f in calib], samples,
+        references, output_name, metrics.THRESHOLDS[opts.recipe])
     info["calibration_samples"] = len(calib)
   folder = os.path.dirname(path)
   for name in os.listdir(folder):  # the fp32 model and its data
@@ -260,19 +220,13 @@ def _replace_into(tmp_dir: str, folder: str) -> None:
     os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
 
 
-def to_layout(arrays: dict[str, np.ndarray], nhwc: bool) -> dict[str, np.ndarray]:
-  """NCHW -> NHWC for the 4-D tensors when the artifact's interface is channel-last."""
-  if not nhwc:
-    return arrays
-  return {k: np.ascontiguousarray(np.moveaxis(v, 1, -1)) if v.ndim == 4 else v
-          for k, v in arrays.items()}
 
 
 def _laid_out(feeds: list[dict[str, np.ndarray]], outputs: list[np.ndarray], output_name: str,
               nhwc: bool) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
   """Inputs and their PyTorch outputs in the artifact's layout."""
-  return ([to_layout(f, nhwc) for f in feeds],
-          [to_layout({output_name: r}, nhwc)[output_name] for r in outputs])
+  return ([manifest_lib.to_layout(f, nhwc) for f in feeds],
+          [manifest_lib.to_layout({output_name: r}, nhwc)[output_name] for r in outputs])
 
 
 def _io_json(arrays: dict[str, np.ndarray]) -> list[dict]:
@@ -350,9 +304,9 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     runner = runtimes.load_runner(opts.fmt, tmp_path)
     actuals = [runner(f)[output_name] for f in samples]
     del runner
-    report = parity.compare(component, references, actuals, parity.THRESHOLDS[opts.recipe])
+    report = metrics.compare(component, references, actuals, metrics.THRESHOLDS[opts.recipe])
     old = compat.check(opts.fmt, tmp_path, samples, references, output_name,
-                       parity.THRESHOLDS[opts.recipe], opts.skip_runtimes, log)
+                       metrics.THRESHOLDS[opts.recipe], opts.skip_runtimes, log)
     golden = component + "_golden.npz"
     np.savez(os.path.join(tmp_dir, golden), **samples[0],
              **{f"expected_{output_name}": references[0]})
@@ -378,14 +332,14 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   for failure in wrong_in_old:
     log(f"[{component}] {failure}")
   return {
-      "file": component + ext, "sha256": sha256(path), "bytes": artifact_bytes(path, files),
+      "file": component + ext, "sha256": manifest_lib.sha256(path), "bytes": artifact_bytes(path, files),
       "external_data": [{"file": os.path.basename(f), "bytes": os.path.getsize(f)}
                         for f in files[1:]],
       "memory_estimate_gb": round(estimate.peak_bytes / memory.GB, 2),
       "layout": "NHWC" if opts.nhwc else "NCHW",
       "inputs": _io_json(samples[0]),
       "outputs": _io_json({output_name: references[0]}),
-      "golden": golden, "golden_sha256": sha256(os.path.join(folder, golden)),
+      "golden": golden, "golden_sha256": manifest_lib.sha256(os.path.join(folder, golden)),
       "ort": ort_file, "parity": report.to_json(), "passed": passed,
       "old_runtimes": old, "min_runtime": compat.min_runtime(opts.fmt, old),
       "parity_inputs": parity_inputs,
@@ -515,7 +469,7 @@ def _locked(folder: str):
 def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
                  latent_size: int) -> dict:
   try:
-    old = read_manifest(folder) or {}
+    old = manifest_lib.read(folder) or {}
   except EdgediffError as e:  # nothing in it can be trusted: every component is redone
     log(f"{e}; exporting every component again")
     old = {}
@@ -535,7 +489,7 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
   settings = _settings(pipe, opts, latent_size)
   todo = []
   for component in opts.components:
-    if not opts.force and _is_current(manifest["components"].get(component), folder, settings):
+    if not opts.force and manifest_lib.is_current(manifest["components"].get(component), folder, settings):
       log(f"[{component}] up to date in {folder}; skipped (--force to redo)")
     else:
       todo.append(component)
@@ -560,7 +514,7 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
     manifest["components"][component] = entry
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     manifest["passed"] = all(e["passed"] for e in manifest["components"].values())
-    atomic.write_json(os.path.join(folder, MANIFEST), manifest)
+    manifest_lib.write(folder, manifest)
   manifest["folder"] = folder
   return manifest
 
@@ -571,7 +525,7 @@ def _latency_ms(manifest: dict, runs: int = 5) -> tuple[dict[str, float], float]
   folder = manifest["folder"]
   medians, noise = {}, 0.0
   for component, entry in manifest["components"].items():
-    feeds, _ = golden_feeds(folder, entry)
+    feeds, _ = manifest_lib.golden_feeds(folder, entry)
     run = runtimes.load_runner(manifest["format"], os.path.join(folder, entry["file"]))
     times = runtimes.timed_runs(lambda: run(feeds), runs)[1]
     medians[component] = round(float(np.median(times)), 3)
@@ -692,7 +646,7 @@ def _run_candidate(pipe, opts: ExportOptions, timeout_s: float | None) -> tuple[
   status, value = result
   if status != "ok":
     return None, value
-  manifest = read_manifest(value)
+  manifest = manifest_lib.read(value)
   manifest["folder"] = value
   return manifest, ""
 
@@ -727,7 +681,7 @@ def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
                           "latency_noise_ms": noise,
                           "bytes": sum(e["bytes"] for e in entries),
                           "worst_snr_db": round(min(e["parity"]["snr_db"] for e in entries), 2),
-                          "manifest": os.path.join(manifest["folder"], MANIFEST),
+                          "manifest": os.path.join(manifest["folder"], manifest_lib.MANIFEST),
                           "components": _candidate_components(manifest)}
     if target == "gpu" and opts.fmt == "tflite":
       candidates[recipe]["gpu_on_cpu"] = _gpu_on_cpu(manifest)
@@ -751,8 +705,6 @@ def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
   manifest = manifests[chosen]
   manifest["int8_selection"] = {"chosen": chosen, "target": target, "why": why,
                                 "candidates": candidates}
-  folder = manifest.pop("folder")
-  atomic.write_json(os.path.join(folder, MANIFEST), manifest)
-  manifest["folder"] = folder
+  manifest_lib.write(manifest["folder"], manifest)
   log(f"--int8: chose {chosen}: {why}")
   return manifest

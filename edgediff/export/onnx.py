@@ -7,10 +7,10 @@ import sys
 import torch
 from torch import nn
 
+from edgediff import onnx_files
+from edgediff.onnx_files import external_data_files
+
 OPSET = 18  # the dynamo exporter's output is invalid at opset 17
-# torch.onnx moves weights to external data above about 1.5 GB whatever it is told; past
-# that size edgediff asks for external data itself so that the file layout is predictable.
-EXTERNAL_DATA_BYTES = 1_500_000_000
 # onnxslim loads the whole model and writes a rewritten copy, so a model of this size or more
 # is left as exported: two copies of a full-size UNet in memory (md-lite's 1.1 GB took the
 # export to an 11 GB peak) cost more than the folded shape arithmetic saves.
@@ -32,7 +32,7 @@ def export_onnx(module: nn.Module, feeds: dict[str, torch.Tensor], output_names,
   import onnxslim
 
   weights = param_bytes(module)
-  external = weights > EXTERNAL_DATA_BYTES
+  external = onnx_files.needs_external_data(weights)
   with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
     program = torch.onnx.export(
         module, tuple(feeds.values()), dynamo=True, opset_version=OPSET,
@@ -104,17 +104,6 @@ def set_ir_version(path: str) -> None:
     if version > IR_VERSION:
       f.seek(1)
       f.write(bytes([IR_VERSION]))
-
-
-def external_data_files(path: str) -> list[str]:
-  """The files (beside `path`) that hold an .onnx model's external data, if any."""
-  import onnx
-
-  model = onnx.load(path, load_external_data=False)
-  names = {entry.value for init in model.graph.initializer
-           if init.data_location == onnx.TensorProto.EXTERNAL
-           for entry in init.external_data if entry.key == "location"}
-  return sorted(names)
 
 
 def export_ort(path: str) -> str:

@@ -11,7 +11,7 @@ come out worse than an earlier one (on the shapes UNet, ranked on calibration sa
 import math
 from typing import Callable
 
-from edgediff.export import parity
+from edgediff import metrics
 
 MAX_ROUNDS = 4
 PER_ROUND = 0.25  # fraction of the still-quantized ops kept in float per round
@@ -30,7 +30,7 @@ def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
   best: tuple = ()
   for round_ in range(1, MAX_ROUNDS + 1):
     run = quantize([e["op"] for e in excluded])
-    report = parity.compare("", references, [run(f)[output] for f in samples], thresholds)
+    report = metrics.compare("", references, [run(f)[output] for f in samples], thresholds)
     history.append({"float": len(excluded), "snr_db": round(report.snr_db, 2),
                     "pearson": round(report.pearson, 6), "psnr_db": round(report.psnr_db, 2),
                     "passed": report.passed})

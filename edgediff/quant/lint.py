@@ -27,18 +27,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from edgediff import metrics
 from edgediff.models import md_unet
 
 FP16_MAX = 65504.0
 _LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
-
-
-def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
-  noise = float(((actual.double() - reference.double()) ** 2).mean())
-  signal = float((reference.double() ** 2).mean())
-  if noise == 0:
-    return float("inf")
-  return 10 * float(np.log10(max(signal, 1e-30) / noise))
 
 
 def fake_quant(x: torch.Tensor, lo: float, hi: float, bits: int = 8) -> torch.Tensor:
@@ -134,8 +127,8 @@ def _measure_layer(module, name: str, records) -> LayerReport:
     if isinstance(module, (nn.Linear, nn.Conv2d)):
       int8_module.weight.data = fake_quant_weight(module.weight.data)
     int8 = [int8_module(fake_quant(i[0], lo, hi), *i[1:]) for i in inputs]
-  fp16_sqnr = sqnr_db(outputs, torch.cat([h.flatten() for h in half]))
-  int8_sqnr = sqnr_db(outputs, torch.cat([q.flatten() for q in int8]))
+  fp16_sqnr = metrics.sqnr_db(outputs, torch.cat([h.flatten() for h in half]))
+  int8_sqnr = metrics.sqnr_db(outputs, torch.cat([q.flatten() for q in int8]))
   hazards = []
   if peak > FP16_MAX / 4:
     hazards.append(f"output peak {peak:.3g} within 4x of fp16's 65504")
@@ -154,8 +147,8 @@ def _measure_act(kind: str, name: str, records) -> LayerReport:
   hazards = []
   if kind == "gelu_tanh":
     hazards.append("gelu tanh approximation: cubic term 0.044715 x^3")
-  return LayerReport(name, f"activation ({kind})", float(ref.abs().max()), sqnr_db(ref, half),
-                     sqnr_db(ref, int8), hazards)
+  return LayerReport(name, f"activation ({kind})", float(ref.abs().max()), metrics.sqnr_db(ref, half),
+                     metrics.sqnr_db(ref, int8), hazards)
 
 
 def _measure_attention(att, name: str, records) -> LayerReport:
@@ -168,7 +161,7 @@ def _measure_attention(att, name: str, records) -> LayerReport:
     int8 = fake_quant(ref, float(ref.min()), float(ref.max()))
   hazards = ["softmax: exponentials and a row-sum reduction"] if att.kind == "softmax" else []
   return LayerReport(name, f"attention weights ({att.kind})", float(ref.abs().max()),
-                     sqnr_db(ref, torch.cat(half)), sqnr_db(ref, int8), hazards)
+                     metrics.sqnr_db(ref, torch.cat(half)), metrics.sqnr_db(ref, int8), hazards)
 
 
 @contextlib.contextmanager
@@ -227,7 +220,7 @@ def lint_component(module: nn.Module, feeds: list[dict[str, torch.Tensor]]) -> d
   for mode in ("fp16", "w8a8"):
     with torch.no_grad(), _simulated(module, ranges, mode):
       outs = [module(**f) for f in feeds]
-    whole[mode] = sqnr_db(torch.cat([r.flatten() for r in references]),
+    whole[mode] = metrics.sqnr_db(torch.cat([r.flatten() for r in references]),
                           torch.cat([o.flatten() for o in outs]))
   layers.sort(key=lambda r: r.int8_sqnr_db)
   return {"layers": layers, "whole_sqnr_db": whole}

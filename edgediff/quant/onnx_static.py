@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import onnx
 
-from edgediff.export import onnx as onnx_lib, runtimes
+from edgediff import onnx_files, runtimes
 from edgediff.quant import calibration, fallback
 
 
@@ -66,7 +66,7 @@ def _unique_initializers(src: str, dst: str) -> None:
 
 def _needs_external_data(model) -> bool:
   # A protobuf cannot exceed 2 GB: past export's own line, keep the weights beside it.
-  return sum(len(i.raw_data) for i in model.graph.initializer) > onnx_lib.EXTERNAL_DATA_BYTES
+  return onnx_files.needs_external_data(sum(len(i.raw_data) for i in model.graph.initializer))
 
 # The fallback ranks nodes on this many calibration samples (the gate's stay held out):
 # qdq_loss_debug holds both models' every intermediate output for all of them in memory.

@@ -136,7 +136,7 @@ def _onnx_fp16(fp32_path: str, path: str) -> None:
   import onnx
   from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-  from edgediff.export import onnx as onnx_lib
+  from edgediff import onnx_files
 
   # The norms stay fp32, for two Casts per norm and no larger weights. InstanceNormalization
   # (GroupNorm, as the exporter writes it): its variance sums squares over a whole group,
@@ -161,7 +161,7 @@ def _onnx_fp16(fp32_path: str, path: str) -> None:
     kept.append(node)
   sort_topologically(graph, kept)
   weights = sum(len(init.raw_data) for init in graph.initializer)
-  external = weights > onnx_lib.EXTERNAL_DATA_BYTES
+  external = onnx_files.needs_external_data(weights)
   onnx.save(model, path, save_as_external_data=external,
             location=os.path.basename(path) + ".data")
   del model

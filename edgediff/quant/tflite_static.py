@@ -18,8 +18,7 @@ import tempfile
 
 import numpy as np
 
-from edgediff import atomic
-from edgediff.export import runtimes
+from edgediff import atomic, runtimes
 from edgediff.quant import aeq_workaround, calibration, fallback
 
 _SIGNATURE = "serving_default"  # litert-torch's one signature

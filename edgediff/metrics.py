@@ -1,4 +1,6 @@
-"""The parity gate: an artifact's outputs against PyTorch fp32, with numbers and a verdict.
+"""Every figure edgediff measures, in one place: the parity gate (an artifact's outputs
+against PyTorch fp32, with numbers and a verdict), lint's per-layer SQNR and the end-to-end
+image PSNR.
 
 It holds SNR over the reference's variance and the Pearson correlation, and SSIM for images,
 to per-recipe thresholds: figures that an output filled with the reference's mean, or the
@@ -146,3 +148,24 @@ def compare(component: str, references: list[np.ndarray], actuals: list[np.ndarr
       psnr_db=min(psnr_db(r, a) for r, a in pairs),
       cosine=min(cosine(r, a) for r, a in pairs),
       samples=len(references), thresholds=thresholds)
+
+
+def _float64(x) -> np.ndarray:
+  """An array of float64 from a numpy array or a torch tensor (which may need its grad cut)."""
+  return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+
+
+def sqnr_db(reference, actual) -> float:
+  """Signal to quantization noise: the reference's mean square over the error's, in dB
+  (inf when equal). Lint's figure, per layer and for a whole model."""
+  ref, act = _float64(reference), _float64(actual)
+  noise = float(((act - ref) ** 2).mean())
+  if noise == 0:
+    return float("inf")
+  return 10 * float(np.log10(max(float((ref ** 2).mean()), 1e-30) / noise))
+
+
+def image_psnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+  """PSNR of two [0, 1] images (peak 1): the end-to-end gate's figure."""
+  mse = float(np.mean((reference.astype(np.float64) - actual.astype(np.float64)) ** 2))
+  return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
