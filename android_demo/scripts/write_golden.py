@@ -19,9 +19,8 @@ import sys
 import numpy as np
 import torch
 
-from edgediff import generate as gen
+from edgediff import generate as gen, metrics
 from edgediff import schedule
-from edgediff.export import parity
 from edgediff.models.text_encoder import tokenize, tokenizer_dir
 
 PROMPTS = [
@@ -96,8 +95,8 @@ def metric_cases():
   for scale in (0.0, 1e-4, 0.1, 0.5):
     reference = rng.standard_normal((2, 3, 4)).astype(np.float32)
     actual = (reference + scale * rng.standard_normal(reference.shape)).astype(np.float32)
-    thresholds = parity.THRESHOLDS["int8_static"]
-    report = parity.compare("x", [reference], [actual], thresholds)
+    thresholds = metrics.THRESHOLDS["int8_static"]
+    report = metrics.compare("x", [reference], [actual], thresholds)
     cases.append({"reference": _floats(reference), "actual": _floats(actual),
                   "psnr_db": None if np.isinf(report.psnr_db) else report.psnr_db,
                   "snr_db": None if np.isinf(report.snr_db) else report.snr_db,

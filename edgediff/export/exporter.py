@@ -496,8 +496,6 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
   # Each export (and a calibration recording) is long work at full size: check first that
   # every component will fit, so that a refusal comes before any of them, not after one.
   estimates = {name: _fits(pipe.build(name), name, opts, latent_size) for name in todo}
-  if todo:
-    text_encoder_lib.write_tokenizer(folder, pipe.tokenizer, pipe.vocabulary)
   text_encoder = None
   calib = None
   for component in todo:
@@ -514,6 +512,8 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
     manifest["components"][component] = entry
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     manifest["passed"] = all(e["passed"] for e in manifest["components"].values())
+    if component == todo[0]:  # beside the first artifact: a failed export leaves nothing
+      text_encoder_lib.write_tokenizer(folder, pipe.tokenizer, pipe.vocabulary)
     manifest_lib.write(folder, manifest)
   manifest["folder"] = folder
   return manifest
