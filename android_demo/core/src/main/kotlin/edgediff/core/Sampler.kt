@@ -105,7 +105,10 @@ object Sampler {
       latents.add(x)
       onStep(i + 1, timesteps.size)
     }
-    val image = timed("vae_decoder", runners.vaeDecoder, mapOf("latent" to Tensor.of(shape, x)))
+    // Clipped to [0, 1] as generate.py does: a decoder exported with --no-clamp leaves it.
+    val decoded = timed("vae_decoder", runners.vaeDecoder, mapOf("latent" to Tensor.of(shape, x)))
+    val pixels = decoded.toFloats()
+    val image = Tensor.of(decoded.shape, FloatArray(pixels.size) { Math.min(Math.max(pixels[it], 0f), 1f) })
     return Generation(image, latents, millis)
   }
 
