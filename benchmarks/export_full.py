@@ -20,9 +20,7 @@ import sys
 import tempfile
 import time
 
-RECIPES = {"onnx": ("fp32", "fp16", "int8_dynamic", "int8_static"),
-           "tflite": ("fp32", "fp16", "int8_weight_only", "int8_dynamic", "int8_static",
-                      "w8a16")}
+from edgediff.quant.recipes import SUPPORTED as RECIPES  # every recipe of each format
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 # md-lite's text encoder and decoder are md's: only its UNet is exported.
 PIPELINE_COMPONENTS = {"md-lite": ("unet",)}

@@ -11,7 +11,7 @@ are the reference, and the table gives the gate's figures (worst sample) of:
   - the reference's mean everywhere; the reference shuffled; zeros;
   - PyTorch fp32 with one layer's weights perturbed: the last layer's weights plus noise at
     0.5x their standard deviation.
-The gate's thresholds (edgediff/metrics.py) sit between the two groups; the README's
+The gate's thresholds (edgediff/quant/recipes.py) sit between the two groups; the README's
 table is this script's output.
 """
 

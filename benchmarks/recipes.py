@@ -27,11 +27,12 @@ import sys
 import tempfile
 
 from edgediff import counting, specs
+from edgediff.quant import recipes as recipes_lib
 
-FULL = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8_dynamic"),
-        ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8_weight_only"),
-        ("tflite", "int8_dynamic"))
-CALIBRATED = (("onnx", "int8_static"), ("tflite", "int8_static"), ("tflite", "w8a16"))
+FULL = tuple((fmt, r) for fmt in recipes_lib.FORMATS for r in recipes_lib.SUPPORTED[fmt]
+             if r not in recipes_lib.CALIBRATED)
+CALIBRATED = tuple((fmt, r) for fmt in recipes_lib.FORMATS for r in recipes_lib.SUPPORTED[fmt]
+                   if r in recipes_lib.CALIBRATED)
 
 
 def peak_macs_per_second() -> tuple[float, str]:

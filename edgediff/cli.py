@@ -447,9 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--nhwc", action="store_true",
                  help="TFLite: channel-last image and latent tensors (default NCHW, as PyTorch)")
   quant = p.add_mutually_exclusive_group()
-  quant.add_argument("--quant", default="fp32", metavar="RECIPE",
-                     help="fp32 (default), fp16, int8_weight_only, int8_dynamic, int8_static, "
-                          "w8a16")
+  quant.add_argument("--quant", default="fp32", metavar="RECIPE", choices=recipes_lib.RECIPES,
+                     help=f"{', '.join(recipes_lib.RECIPES)} (default fp32)")
   quant.add_argument("--fp16", action="store_true", help="same as --quant fp16")
   quant.add_argument("--int8", action="store_true",
                      help="the int8 recipe that passes the gate fastest in this runtime")

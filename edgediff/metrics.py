@@ -20,21 +20,6 @@ class Thresholds:
   ssim: float  # minimum mean SSIM, worst sample, for image outputs (the decoder's)
 
 
-# Per recipe, set between what real artifacts of the shipped model score and what outputs
-# that are wrong score (benchmarks/gate_metrics.py; the README's table): the reference plus
-# Gaussian noise at 0.1x its standard deviation gives SNR 19.6-20.0 dB, Pearson <= 0.995
-# and SSIM 0.983, and must fail every recipe's gate; the int8 artifacts that are right
-# score SNR >= 25.1 dB, Pearson >= 0.9986, SSIM >= 0.9969. fp32 differs from PyTorch by
-# float reassociation only (SNR >= 114 dB), fp16 by its rounding (SNR >= 57 dB).
-THRESHOLDS = {
-    "fp32": Thresholds(snr_db=80.0, pearson=0.99999, ssim=0.9999),
-    "fp16": Thresholds(snr_db=40.0, pearson=0.9999, ssim=0.999),
-    "int8_weight_only": Thresholds(snr_db=25.0, pearson=0.999, ssim=0.99),
-    "w8a16": Thresholds(snr_db=25.0, pearson=0.999, ssim=0.99),
-    "int8_dynamic": Thresholds(snr_db=22.0, pearson=0.997, ssim=0.99),
-    "int8_static": Thresholds(snr_db=22.0, pearson=0.997, ssim=0.99),
-}
-
 
 @dataclasses.dataclass
 class ParityReport:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgediff import cli, metrics
+from edgediff import cli
 from edgediff.export import compat, onnx as onnx_lib, tflite as tflite_lib
 from edgediff.quant import recipes
 
@@ -47,7 +47,7 @@ def tokens_model(tmp_path_factory):
 
 def _check(path, feeds, reference, recipe="int8_dynamic"):
   samples = [{k: v.numpy() for k, v in feeds.items()}]
-  return compat.check("tflite", path, samples, [reference], "y", metrics.THRESHOLDS[recipe])
+  return compat.check("tflite", path, samples, [reference], "y", recipes.thresholds(recipe))
 
 
 def test_per_channel_dynamic_weights_are_caught_wrong_in_tflite_runtime_2_14(
@@ -58,7 +58,7 @@ def test_per_channel_dynamic_weights_are_caught_wrong_in_tflite_runtime_2_14(
   tflite_lib.export_tflite(module, feeds, ("y",), path, "int8_dynamic")
   result = _check(path, feeds, reference)["tflite-runtime-2.14"]
   assert result["status"] == "wrong" and result["version"] == "2.14.0"
-  assert result["snr_db"] < metrics.THRESHOLDS["int8_dynamic"].snr_db
+  assert result["snr_db"] < recipes.thresholds("int8_dynamic").snr_db
   assert compat.failures({"tflite-runtime-2.14": result})
 
 
@@ -83,7 +83,7 @@ def test_a_runtime_that_refuses_the_file_is_recorded_not_failed(tmp_path):
   with torch.no_grad():
     reference = module(x).numpy()
   results = compat.check("onnx", path, [{"x": x.numpy()}], [reference], "y",
-                         metrics.THRESHOLDS["fp32"])
+                         recipes.thresholds("fp32"))
   entry = results["onnxruntime-1.17"]
   if ir >= 10:  # onnxruntime 1.17 reads IR versions up to 9
     assert entry["status"] == "refused" and "IR version" in entry["error"], entry

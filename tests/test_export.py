@@ -214,11 +214,14 @@ def test_quiet_by_default_all_in_the_log_and_the_libraries_under_v(tmp_path, cap
 
 def test_a_failed_gate_exits_1_marks_the_manifest_and_is_not_skipped(tmp_path, capsys,
                                                                       monkeypatch):
+  import dataclasses
+
   from edgediff import metrics
+  from edgediff.quant import recipes
 
   # A threshold no fp32 artifact can meet: the gate fails on a real export.
-  monkeypatch.setitem(metrics.THRESHOLDS, "fp32",
-                      metrics.Thresholds(snr_db=500.0, pearson=1.0, ssim=1.0))
+  monkeypatch.setitem(recipes.TABLE, "fp32", dataclasses.replace(
+      recipes.TABLE["fp32"], thresholds=metrics.Thresholds(snr_db=500.0, pearson=1.0, ssim=1.0)))
   argv = ["export", "md-tiny", "--fmt", "onnx", "--component", "text_encoder", "--out",
           str(tmp_path)]
   assert cli.main(argv) == 1

@@ -4,8 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from edgediff import metrics, pipeline, runtimes
+from edgediff import pipeline, runtimes
 from edgediff.export import exporter
+from edgediff.quant import recipes
 
 # Every tiny spec once: md-tiny carries the text encoder and md-decoder.
 CASES = [
@@ -40,8 +41,8 @@ def test_export_every_tiny_spec(out_dir, name, components, fmt):
   for component in components:
     entry = on_disk["components"][component]
     report = entry["parity"]
-    assert report["snr_db"] >= metrics.THRESHOLDS["fp32"].snr_db
-    assert report["pearson"] >= metrics.THRESHOLDS["fp32"].pearson
+    assert report["snr_db"] >= recipes.thresholds("fp32").snr_db
+    assert report["pearson"] >= recipes.thresholds("fp32").pearson
     assert report["max_abs"] < 1e-3 and report["samples"] == exporter.PARITY_SAMPLES
     # The golden file reproduces PyTorch through the runtime, independently of edgediff's gate.
     golden = np.load(os.path.join(folder, entry["golden"]))

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ from PIL import Image
 
 from edgediff import cli, generate as gen, manifest as manifest_lib, metrics, pipeline, schedule
 from edgediff.export import e2e, exporter
+from edgediff.quant import recipes
 
 # fp16 end to end is in the README's table of every recipe; here fp32 in both runtimes, int8.
 EXPORTS = [("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8_dynamic")]
@@ -76,8 +78,8 @@ def test_end_to_end_images_agree(out_dir, fmt, recipe):
   folder = os.path.join(out_dir, "shapes", fmt, recipe)
   result = e2e.run(folder, ["a red circle", "a blue square"], seeds=1, steps=4)
   assert result["passed"], e2e.summary(result)
-  assert result["mean_psnr_db"] >= e2e.E2E_PSNR_DB[recipe]
-  assert result["worst_psnr_db"] >= e2e.E2E_PSNR_DB[recipe]
+  assert result["mean_psnr_db"] >= recipes.TABLE[recipe].e2e_psnr_db
+  assert result["worst_psnr_db"] >= recipes.TABLE[recipe].e2e_psnr_db
   for case in result["cases"]:
     assert len(case.drift_db) == 4  # one point per step
     assert case.image.shape == (3, 64, 64)
@@ -158,7 +160,8 @@ def test_parity_e2e_cli_and_report(out_dir, tmp_path, capsys):
 def test_e2e_below_threshold_names_the_dominant_component(out_dir, tmp_path, monkeypatch,
                                                            capsys):
   # An unreachable threshold, so that the attribution runs on a real export.
-  monkeypatch.setitem(e2e.E2E_PSNR_DB, "int8_dynamic", 500.0)
+  monkeypatch.setitem(recipes.TABLE, "int8_dynamic",
+                      dataclasses.replace(recipes.TABLE["int8_dynamic"], e2e_psnr_db=500.0))
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red circle\na blue square\n")
   report = tmp_path / "report.html"

@@ -6,7 +6,7 @@ from torch import nn
 
 from edgediff import metrics, runtimes
 from edgediff.export import tflite
-from edgediff.quant import aeq_workaround
+from edgediff.quant import aeq_workaround, recipes
 
 
 class LargeConv(nn.Module):
@@ -31,7 +31,7 @@ def test_int8_conversion_of_a_conv_weight_over_32_mib(tmp_path):
   got = runtimes.tflite_runner(path)({"x": x.numpy()})["y"]
   with torch.no_grad():
     ref = module(x).numpy()
-  report = metrics.compare("conv", [ref], [got], metrics.THRESHOLDS["int8_weight_only"])
+  report = metrics.compare("conv", [ref], [got], recipes.thresholds("int8_weight_only"))
   assert report.passed, report.failures
 
 

@@ -32,7 +32,7 @@ def test_every_recipe_passes_its_own_gate(out_dir, fmt, recipe):
   report = entry["parity"]
   assert manifest["recipe"] == recipe and manifest["folder"].endswith(os.path.join(fmt, recipe))
   assert entry["passed"], report["failures"]
-  assert report["thresholds"] == dataclasses.asdict(metrics.THRESHOLDS[recipe])
+  assert report["thresholds"] == dataclasses.asdict(recipes.thresholds(recipe))
   # Quantization changed the numbers: the artifact is not secretly fp32.
   assert report["snr_db"] < 105  # fp32 artifacts of this UNet score 123-126 dB
   fp32_bytes = onnx_lib.param_bytes(pipeline.open_pipeline("shapes").build("unet"))
@@ -55,10 +55,10 @@ def check_readable_by_old_parsers(path):
 
 
 def test_thresholds_are_tighter_for_fp16_than_int8():
-  fp16 = metrics.THRESHOLDS["fp16"]
+  fp16 = recipes.thresholds("fp16")
   for recipe in recipes.INT8_RECIPES:
-    assert fp16.snr_db > metrics.THRESHOLDS[recipe].snr_db + 5
-    assert fp16.pearson > metrics.THRESHOLDS[recipe].pearson
+    assert fp16.snr_db > recipes.thresholds(recipe).snr_db + 5
+    assert fp16.pearson > recipes.thresholds(recipe).pearson
 
 
 @pytest.mark.parametrize("wrong", ["noise 0.1x", "noise 0.3x", "noise 0.5x", "mean", "zeros",
@@ -76,8 +76,9 @@ def test_no_recipe_passes_a_wrong_output(wrong):
               "mean": np.full_like(reference, reference.mean()),
               "zeros": np.zeros_like(reference),
               "shuffled": rng.permutation(reference.ravel()).reshape(reference.shape)}[wrong]
-    for recipe, thresholds in metrics.THRESHOLDS.items():
-      report = metrics.compare("x", [reference], [actual.astype(np.float32)], thresholds)
+    for recipe in recipes.RECIPES:
+      report = metrics.compare("x", [reference], [actual.astype(np.float32)],
+                               recipes.thresholds(recipe))
       assert not report.passed, (recipe, wrong, report.summary())
 
 
@@ -91,7 +92,7 @@ def test_same_command_gives_byte_identical_artifacts(out_dir):
 @pytest.mark.parametrize("fmt,recipe,message", [
     ("onnx", "int8_weight_only", "not available for onnx"),
     ("onnx", "w8a16", "not available for onnx"),
-    ("tflite", "int4", "unknown recipe"),
+    ("tflite", "int4", "invalid choice: 'int4'"),
 ])
 def test_unavailable_recipes_are_refused(tmp_path, capsys, fmt, recipe, message):
   code = cli.main(["export", "md-tiny", "--fmt", fmt, "--quant", recipe,

@@ -22,6 +22,7 @@ import torch
 from edgediff import generate as gen, metrics
 from edgediff import schedule
 from edgediff.models.text_encoder import tokenize, tokenizer_dir
+from edgediff.quant import recipes
 
 PROMPTS = [
     "",
@@ -95,7 +96,7 @@ def metric_cases():
   for scale in (0.0, 1e-4, 0.1, 0.5):
     reference = rng.standard_normal((2, 3, 4)).astype(np.float32)
     actual = (reference + scale * rng.standard_normal(reference.shape)).astype(np.float32)
-    thresholds = metrics.THRESHOLDS["int8_static"]
+    thresholds = recipes.thresholds("int8_static")
     report = metrics.compare("x", [reference], [actual], thresholds)
     cases.append({"reference": _floats(reference), "actual": _floats(actual),
                   "psnr_db": None if np.isinf(report.psnr_db) else report.psnr_db,

@@ -13,6 +13,7 @@ from edgediff import pipeline as pipeline_lib
 from edgediff import runtimes
 from edgediff.errors import EdgediffError
 from edgediff.export import exporter, inputs as inputs_lib
+from edgediff.quant import recipes
 
 FRESH_SEED = 1
 
@@ -28,7 +29,7 @@ def find_manifests(root: str) -> list[str]:
 
 def check_folder(folder: str) -> list[dict]:
   manifest = manifest_lib.read(folder)
-  thresholds = metrics.THRESHOLDS[manifest["recipe"]]
+  thresholds = recipes.thresholds(manifest["recipe"])
   pipe = pipeline_lib.open_source(manifest["source"])
   results = []
   text_encoder = None

@@ -16,13 +16,8 @@ import numpy as np
 from edgediff import atomic, manifest as manifest_lib, metrics
 from edgediff import generate as gen
 from edgediff import pipeline as pipeline_lib
+from edgediff.quant import recipes
 
-# Minimum image PSNR (dB) against PyTorch fp32, per recipe, of the mean over prompts and
-# of the worst prompt: a mean can hide one visibly broken image (the shapes model's TFLite
-# int8_static had a 32.0 dB mean over 32 prompts with its worst at 24.8 dB, noise on a flat
-# background that the mean called a pass).
-E2E_PSNR_DB = {"fp32": 60.0, "fp16": 40.0, "int8_weight_only": 35.0, "int8_dynamic": 35.0,
-               "w8a16": 35.0, "int8_static": 30.0}
 
 
 @dataclasses.dataclass
@@ -60,7 +55,7 @@ def run(folder: str, prompts: list[str] | None, seeds: int, steps: int = 8,
           float(structural_similarity(ref.image, got.image, channel_axis=0, data_range=1.0)),
           [metrics.psnr_db(r, g) for r, g in zip(ref.latents, got.latents)],
           ref.image, got.image))
-  threshold = E2E_PSNR_DB[manifest["recipe"]]
+  threshold = recipes.TABLE[manifest["recipe"]].e2e_psnr_db
   result = {"folder": folder, "format": manifest["format"], "recipe": manifest["recipe"],
             **verdict([c.psnr_db for c in cases], threshold),
             "mean_ssim": float(np.mean([c.ssim for c in cases])), "cases": cases}

@@ -72,7 +72,7 @@ def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
   it holds now)."""
   return {"source": pipe.source, "weights_sha256": _weights_digests(pipe.source),
           "edgediff": edgediff.__version__, "recipe": opts.recipe,
-          "thresholds": dataclasses.asdict(metrics.THRESHOLDS[opts.recipe]),
+          "thresholds": dataclasses.asdict(recipes.thresholds(opts.recipe)),
           "batch": opts.batch, "latent_size": latent_size, "nhwc": opts.nhwc, "ort": opts.ort,
           "calib_prompts": opts.calib_prompts and list(opts.calib_prompts),
           "guidance": opts.guidance, "vocabulary": list(pipe.vocabulary), "clamp": opts.clamp,
@@ -135,7 +135,7 @@ def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, reference
   if opts.fmt == "onnx":
     if opts.recipe == "int8_static":
       info = onnx_static.quantize_with_fallback(fp32_path, path, calib, samples, references,
-                                                output_name, metrics.THRESHOLDS[opts.recipe])
+                                                output_name, recipes.thresholds(opts.recipe))
       info["calibration_samples"] = len(calib)
     else:
       recipes.quantize_onnx(opts.recipe, fp32_path, path)
@@ -143,7 +143,7 @@ def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, reference
     calib = tflite_static.calibration_subset(calib)
     info = tflite_static.quantize_with_fallback(
         fp32_path, path, opts.recipe, [manifest_lib.to_layout(f, opts.nhwc) for f in calib], samples,
-        references, output_name, metrics.THRESHOLDS[opts.recipe])
+        references, output_name, recipes.thresholds(opts.recipe))
     info["calibration_samples"] = len(calib)
   folder = os.path.dirname(path)
   for name in os.listdir(folder):  # the fp32 model and its data
@@ -304,9 +304,9 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     runner = runtimes.load_runner(opts.fmt, tmp_path)
     actuals = [runner(f)[output_name] for f in samples]
     del runner
-    report = metrics.compare(component, references, actuals, metrics.THRESHOLDS[opts.recipe])
+    report = metrics.compare(component, references, actuals, recipes.thresholds(opts.recipe))
     old = compat.check(opts.fmt, tmp_path, samples, references, output_name,
-                       metrics.THRESHOLDS[opts.recipe], opts.skip_runtimes, log)
+                       recipes.thresholds(opts.recipe), opts.skip_runtimes, log)
     golden = component + "_golden.npz"
     np.savez(os.path.join(tmp_dir, golden), **samples[0],
              **{f"expected_{output_name}": references[0]})

@@ -1,40 +1,72 @@
-"""Named quantization recipes: the same names in code, CLI, file paths and manifests.
-
-- fp16: fp16 weights (and fp16 compute where the runtime has it); float inputs and outputs.
-- int8_weight_only: int8 per-channel weights, dequantized to float for compute.
-- int8_dynamic: int8 weights, activations quantized on the fly per tensor.
-- int8_static: int8 weights and activations from calibration (W8A8).
-- w8a16: int8 weights, int16 activations.
+"""Named quantization recipes: one table (`TABLE`) of what each is, how it is gated and
+where it is refused, read by the code, the CLI's choices, the benchmarks and the model card.
+The same names are used in file paths and manifests.
 """
 
 import contextlib
+import dataclasses
 import os
 import sys
 
 from edgediff.errors import EdgediffError
+from edgediff.metrics import Thresholds
 
-RECIPES = ("fp32", "fp16", "int8_weight_only", "int8_dynamic", "int8_static", "w8a16")
-INT8_RECIPES = ("int8_dynamic", "int8_weight_only", "int8_static")
+FORMATS = ("onnx", "tflite")
 
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  name: str
+  summary: str
+  # The component gate (worst sample), set between what real artifacts of the shipped model
+  # score and what wrong outputs score (benchmarks/gate_metrics.py; the README's table):
+  # the reference plus Gaussian noise at 0.1x its standard deviation gives SNR 19.6-20.0 dB,
+  # Pearson <= 0.995 and SSIM 0.983, and must fail every recipe's gate; the int8 artifacts
+  # that are right score SNR >= 25.1 dB, Pearson >= 0.9986, SSIM >= 0.9969. fp32 differs
+  # from PyTorch by float reassociation only (SNR >= 114 dB), fp16 by its rounding (>= 57).
+  thresholds: Thresholds
+  # The end-to-end gate: minimum image PSNR (dB) against PyTorch fp32 of the mean over
+  # prompts and of the worst prompt. A mean can hide one visibly broken image (the shapes
+  # model's TFLite int8_static had a 32.0 dB mean over 32 prompts with its worst at 24.8 dB).
+  e2e_psnr_db: float
+  calibrated: bool = False  # needs a calibration recording
+  refused: tuple[tuple[str, str], ...] = ()  # (format, why) where edgediff cannot make it
+
+
+TABLE = {r.name: r for r in (
+    Recipe("fp32", "float32, as PyTorch", Thresholds(80.0, 0.99999, 0.9999), 60.0),
+    Recipe("fp16", "fp16 weights (and fp16 compute where the runtime has it); float inputs "
+           "and outputs", Thresholds(40.0, 0.9999, 0.999), 40.0),
+    Recipe("int8_weight_only", "int8 per-channel weights, dequantized to float for compute",
+           Thresholds(25.0, 0.999, 0.99), 35.0,
+           refused=(("onnx", "onnxruntime's CPU provider has no int8 weight-only kernels for "
+                             "Conv; use int8_dynamic, or --fmt tflite"),)),
+    Recipe("int8_dynamic", "int8 weights, activations quantized on the fly per tensor",
+           Thresholds(22.0, 0.997, 0.99), 35.0),
+    Recipe("int8_static", "int8 weights and activations from calibration (W8A8)",
+           Thresholds(22.0, 0.997, 0.99), 30.0, calibrated=True),
+    Recipe("w8a16", "int8 weights, int16 activations from calibration",
+           Thresholds(25.0, 0.999, 0.99), 35.0, calibrated=True,
+           refused=(("onnx", "onnxruntime's CPU provider has no int16-activation kernels; use "
+                             "int8_static, or --fmt tflite"),)),
+)}
+RECIPES = tuple(TABLE)
+INT8_RECIPES = ("int8_dynamic", "int8_weight_only", "int8_static")  # --int8's, in this order
 # What each runtime's path in edgediff can produce today.
-SUPPORTED = {
-    "tflite": ("fp32", "fp16", "int8_weight_only", "int8_dynamic", "int8_static", "w8a16"),
-    "onnx": ("fp32", "fp16", "int8_dynamic", "int8_static"),
-}
-CALIBRATED = ("int8_static", "w8a16")  # recipes that need calibration.npz
-_WHY_NOT = {
-    ("onnx", "int8_weight_only"): "onnxruntime's CPU provider has no int8 weight-only kernels "
-                                  "for Conv; use int8_dynamic, or --fmt tflite",
-    ("onnx", "w8a16"): "onnxruntime's CPU provider has no int16-activation kernels; use "
-                       "int8_static, or --fmt tflite",
-}
+SUPPORTED = {fmt: tuple(r for r in RECIPES if fmt not in dict(TABLE[r].refused))
+             for fmt in FORMATS}
+CALIBRATED = tuple(r for r in RECIPES if TABLE[r].calibrated)
+
+
+def thresholds(recipe: str) -> Thresholds:
+  return TABLE[recipe].thresholds
 
 
 def check_recipe(fmt: str, recipe: str) -> None:
-  if recipe not in RECIPES:
+  if recipe not in TABLE:
     raise EdgediffError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-  if recipe not in SUPPORTED[fmt]:
-    why = _WHY_NOT[(fmt, recipe)]
+  why = dict(TABLE[recipe].refused).get(fmt)
+  if why:
     raise EdgediffError(f"recipe {recipe} is not available for {fmt}: {why}")
 
 
