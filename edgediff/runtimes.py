@@ -62,12 +62,6 @@ def timed_runs(call: Callable[[], object], runs: int) -> tuple[float, list[float
   return times[0], times[1:]
 
 
-def median_latency_ms(run: Runner, feeds: dict[str, np.ndarray], runs: int = 5) -> float:
-  """Median of `runs` calls after one warm-up (a quick in-process comparison; `edgediff
-  bench` is for reported numbers)."""
-  return float(np.median(timed_runs(lambda: run(feeds), runs)[1]))
-
-
 def torch_call(module, feeds: dict[str, np.ndarray]) -> np.ndarray:
   """PyTorch as a runtime: the feeds in input order, the one output as an array."""
   import torch

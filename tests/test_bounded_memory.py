@@ -30,7 +30,8 @@ def test_weights_are_assigned_lazily_and_nothing_stays_on_meta(tmp_path):
     reference = seeded.build(component).state_dict()
     for name, value in module.state_dict().items():
       expected = reference[name] + 0.5 if value.is_floating_point() else reference[name]
-      torch.testing.assert_close(value, expected)  # incl. non-persistent buffers (CLIP's position_ids)
+      # incl. non-persistent buffers (CLIP's position_ids)
+      torch.testing.assert_close(value, expected)
 
 
 def test_a_bare_tensor_checkpoint_is_a_clear_error(tmp_path):

@@ -142,7 +142,8 @@ def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, reference
   else:  # litert-torch's fp32, then ai-edge-quantizer
     calib = tflite_static.calibration_subset(calib)
     info = tflite_static.quantize_with_fallback(
-        fp32_path, path, opts.recipe, [manifest_lib.to_layout(f, opts.nhwc) for f in calib], samples,
+        fp32_path, path, opts.recipe, [manifest_lib.to_layout(f, opts.nhwc) for f in calib],
+        samples,
         references, output_name, recipes.thresholds(opts.recipe))
     info["calibration_samples"] = len(calib)
   folder = os.path.dirname(path)
@@ -332,7 +333,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
   for failure in wrong_in_old:
     log(f"[{component}] {failure}")
   return {
-      "file": component + ext, "sha256": manifest_lib.sha256(path), "bytes": artifact_bytes(path, files),
+      "file": component + ext, "sha256": manifest_lib.sha256(path),
+      "bytes": artifact_bytes(path, files),
       "external_data": [{"file": os.path.basename(f), "bytes": os.path.getsize(f)}
                         for f in files[1:]],
       "memory_estimate_gb": round(estimate.peak_bytes / memory.GB, 2),
@@ -489,7 +491,8 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
   settings = _settings(pipe, opts, latent_size)
   todo = []
   for component in opts.components:
-    if not opts.force and manifest_lib.is_current(manifest["components"].get(component), folder, settings):
+    entry = manifest["components"].get(component)
+    if not opts.force and manifest_lib.is_current(entry, folder, settings):
       log(f"[{component}] up to date in {folder}; skipped (--force to redo)")
     else:
       todo.append(component)

@@ -33,7 +33,8 @@ def representative_inputs(pipe, component: str, module, batch: int, latent_size:
   specs = module.input_specs(batch, latent_size)
   prompt_sets = _prompts(pipe.prompts, n, batch, offset=seed)
   if component == "text_encoder":
-    return [{specs[0].name: tokenize(p, pipe.tokenizer, pipe.vocabulary).numpy()} for p in prompt_sets]
+    return [{specs[0].name: tokenize(p, pipe.tokenizer, pipe.vocabulary).numpy()}
+            for p in prompt_sets]
   if component == "vae_decoder":
     return [{specs[0].name: torch.randn(specs[0].shape, generator=gen).numpy()}
             for _ in range(n)]

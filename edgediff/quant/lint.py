@@ -147,7 +147,8 @@ def _measure_act(kind: str, name: str, records) -> LayerReport:
   hazards = []
   if kind == "gelu_tanh":
     hazards.append("gelu tanh approximation: cubic term 0.044715 x^3")
-  return LayerReport(name, f"activation ({kind})", float(ref.abs().max()), metrics.sqnr_db(ref, half),
+  return LayerReport(name, f"activation ({kind})", float(ref.abs().max()),
+                     metrics.sqnr_db(ref, half),
                      metrics.sqnr_db(ref, int8), hazards)
 
 

@@ -108,7 +108,8 @@ object Sampler {
     // Clipped to [0, 1] as generate.py does: a decoder exported with --no-clamp leaves it.
     val decoded = timed("vae_decoder", runners.vaeDecoder, mapOf("latent" to Tensor.of(shape, x)))
     val pixels = decoded.toFloats()
-    val image = Tensor.of(decoded.shape, FloatArray(pixels.size) { Math.min(Math.max(pixels[it], 0f), 1f) })
+    val image = Tensor.of(decoded.shape,
+        FloatArray(pixels.size) { Math.min(Math.max(pixels[it], 0f), 1f) })
     return Generation(image, latents, millis)
   }
 
