@@ -71,8 +71,8 @@ def worker(backend: str, folder: str, component: str, runs: int, threads: int) -
 
     torch.set_num_threads(threads)
     module = pipeline.open_source(manifest["source"]).build(component)
-    if entry.get("layout") == "NHWC":
-      feeds = {k: np.moveaxis(v, -1, 1) if v.ndim == 4 else v for k, v in feeds.items()}
+    nhwc = manifest_lib.is_nhwc(entry)
+    feeds = {k: manifest_lib.from_layout(v, nhwc) for k, v in feeds.items()}
     run = functools.partial(runtimes.torch_call, module, feeds)
   else:
     path = os.path.join(folder, entry["ort"] if backend == "ort" else entry["file"])

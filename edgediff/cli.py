@@ -226,8 +226,7 @@ def cmd_gpu_check(args) -> int:
       results.append({"folder": folder, "component": component, **result})
       rows.append({"folder": folder, "component": component,
                    "gpu_delegate": "all ops" if result["compatible"] else "PARTIAL",
-                   "on_cpu": ", ".join(f"{op} x{e['count']}"
-                                       for op, e in result["flagged"].items()) or "-"})
+                   "on_cpu": gpu_compat.flagged_ops(result)})
   if not results:
     raise EdgediffError(f"{args.dir}: no TFLite export in it (the analyzer reads .tflite)")
   if args.json:

@@ -60,17 +60,15 @@ def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
 
   def runner(entry) -> Runner:
     run = runtimes.load_runner(manifest["format"], os.path.join(folder, entry["file"]))
-    output = entry["outputs"][0]["name"]
-    nhwc = entry.get("layout") == "NHWC"
+    output, nhwc = manifest_lib.output_name(entry), manifest_lib.is_nhwc(entry)
 
     def call(feeds):
-      out = run(manifest_lib.to_layout(feeds, nhwc))[output]
-      return np.moveaxis(out, -1, 1) if nhwc and out.ndim == 4 else out
+      return manifest_lib.from_layout(run(manifest_lib.to_layout(feeds, nhwc))[output], nhwc)
     return call
 
   unet = manifest["components"]["unet"]
   shape = unet["inputs"][0]["shape"]
-  latent = tuple(shape[3:] + shape[1:3]) if unet.get("layout") == "NHWC" else tuple(shape[1:])
+  latent = tuple(shape[3:] + shape[1:3]) if manifest_lib.is_nhwc(unet) else tuple(shape[1:])
   return Backend(f"{manifest['format']}/{manifest['recipe']}",
                  {c: runner(e) for c, e in manifest["components"].items()},
                  manifest["batch"], latent, tokenizer,

@@ -87,5 +87,5 @@ def to_layout(arrays: dict[str, np.ndarray], nhwc: bool) -> dict[str, np.ndarray
 
 
 def from_layout(array: np.ndarray, nhwc: bool) -> np.ndarray:
-  """An artifact's 4-D output back to NCHW."""
+  """An artifact's channel-last 4-D tensor back to NCHW."""
   return np.moveaxis(array, -1, 1) if nhwc and array.ndim == 4 else array

@@ -20,7 +20,6 @@ class Thresholds:
   ssim: float  # minimum mean SSIM, worst sample, for image outputs (the decoder's)
 
 
-
 @dataclasses.dataclass
 class ParityReport:
   component: str

@@ -38,7 +38,7 @@ def check_folder(folder: str) -> list[dict]:
     if not os.path.isfile(path):
       raise EdgediffError(f"{path}: missing ({component} artifact listed in the manifest)")
     runner = runtimes.load_runner(manifest["format"], path)
-    output = entry["outputs"][0]["name"]
+    output = manifest_lib.output_name(entry)
     feeds, golden = manifest_lib.golden_feeds(folder, entry)
     golden_report = metrics.compare(component, [golden[f"expected_{output}"]],
                                    [runner(feeds)[output]], thresholds)
@@ -48,7 +48,7 @@ def check_folder(folder: str) -> list[dict]:
     samples = inputs_lib.representative_inputs(
         pipe, component, module, manifest["batch"], manifest["latent_size"],
         n=exporter.PARITY_SAMPLES, seed=FRESH_SEED, text_encoder=text_encoder)
-    nhwc = entry.get("layout") == "NHWC"
+    nhwc = manifest_lib.is_nhwc(entry)
     references = [manifest_lib.to_layout({output: r}, nhwc)[output]
                   for r in exporter.torch_outputs(module, samples)]
     actuals = [runner(manifest_lib.to_layout(f, nhwc))[output] for f in samples]

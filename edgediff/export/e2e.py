@@ -19,7 +19,6 @@ from edgediff import pipeline as pipeline_lib
 from edgediff.quant import recipes
 
 
-
 @dataclasses.dataclass
 class Case:
   prompt: str

@@ -56,14 +56,10 @@ class ExportOptions:
   clamp: bool = True  # the decoder clamps its image to [0, 1]; False leaves it to the app
 
 
-
-
 def runtime_versions() -> dict[str, str]:
   names = ("torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-litert",
            "ai-edge-quantizer")
   return {n: metadata.version(n) for n in names}
-
-
 
 
 def _settings(pipe, opts: ExportOptions, latent_size: int) -> dict:
@@ -84,8 +80,6 @@ def _weights_digests(source: dict) -> list:
   return [[path, manifest_lib.sha256(path)] for path, _, _ in _source_stamp(source)]
 
 
-
-
 def artifact_files(path: str) -> list[str]:
   """The artifact at `path` and the files holding its external data (ONNX over ~1.5 GB)."""
   if not path.endswith(".onnx"):
@@ -102,8 +96,6 @@ def artifact_bytes(path: str, files: list[str] | None = None) -> int:
 
 def torch_outputs(module, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
   return [runtimes.torch_call(module, f) for f in feeds]
-
-
 
 
 def _write_float(opts: ExportOptions, module, samples: list[dict[str, np.ndarray]],
@@ -219,8 +211,6 @@ def _replace_into(tmp_dir: str, folder: str) -> None:
   names = sorted(os.listdir(tmp_dir), key=lambda n: n.endswith(tuple(EXTENSIONS.values())))
   for name in names:
     os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
-
-
 
 
 def _laid_out(feeds: list[dict[str, np.ndarray]], outputs: list[np.ndarray], output_name: str,

@@ -33,9 +33,6 @@ def analyze(path: str, log=print) -> dict:
           "flagged": result["flagged"]}
 
 
-def summary(result: dict) -> str:
-  if result["compatible"]:
-    return f"GPU delegate: every op supported ({result['analyzer']})"
-  ops = ", ".join(f"{op} x{e['count']}" if e["count"] > 1 else op
-                  for op, e in result["flagged"].items())
-  return f"GPU delegate: runs {ops} on the CPU ({result['analyzer']})"
+def flagged_ops(result: dict) -> str:
+  """The ops an analyze() result leaves to the CPU, with their counts ("-" for none)."""
+  return ", ".join(f"{op} x{e['count']}" for op, e in result["flagged"].items()) or "-"

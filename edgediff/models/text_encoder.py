@@ -20,7 +20,6 @@ from edgediff import atomic
 from edgediff.models.io import MAX_TOKENS, TensorSpec
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TextEncoderConfig:
   hidden_size: int = 768
@@ -89,6 +88,7 @@ def token_count(prompt: str, path: str | None = None) -> int:
   return len(load_tokenizer(path)(prompt, verbose=False).input_ids)
 
 
+@functools.cache  # one table per vocabulary, not one per tokenize call
 def row_table(vocabulary: tuple[int, ...]) -> np.ndarray:
   """CLIP id -> embedding row of a pruned vocabulary: kept ids to 1..n, the others to 0."""
   table = np.zeros(CLIP_L14_TEXT.vocab_size, np.int32)
@@ -116,10 +116,9 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 def write_tokenizer(folder: str, path: str | None = None,
-                    vocabulary: tuple[int, ...] = ()) -> list[str]:
+                    vocabulary: tuple[int, ...] = ()) -> None:
   """Writes the tokenizer an app needs beside an export: vocab.json, with each token's id
-  being the artifact's input (its embedding row under a pruned vocabulary), and merges.txt.
-  Returns the file names."""
+  being the artifact's input (its embedding row under a pruned vocabulary), and merges.txt."""
   source = path or tokenizer_dir()
   with open(os.path.join(source, "vocab.json"), encoding="utf-8") as f:
     vocab = json.load(f)
@@ -129,4 +128,3 @@ def write_tokenizer(folder: str, path: str | None = None,
   atomic.write_bytes(os.path.join(folder, "vocab.json"),
                      json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
   atomic.copy_file(os.path.join(source, "merges.txt"), os.path.join(folder, "merges.txt"))
-  return list(TOKENIZER_FILES)

@@ -1,5 +1,5 @@
 """Named quantization recipes: one table (`TABLE`) of what each is, how it is gated and
-where it is refused, read by the code, the CLI's choices, the benchmarks and the model card.
+where it is refused, read by the code, the CLI's choices and the benchmarks.
 The same names are used in file paths and manifests.
 """
 
