@@ -68,3 +68,25 @@ def test_mean_sqnr_averages_noise_not_decibels():
   assert abs(lint.mean_sqnr_db([20.0, 40.0]) - 22.97) < 0.01
   assert abs(lint.mean_sqnr_db([20.0, float("inf")]) - 23.01) < 0.01
   assert lint.mean_sqnr_db([float("inf")]) == float("inf")
+
+
+def test_lint_measures_the_models_own_functions(monkeypatch):
+  # lint computes the activation and the attention weights through the model's code, so
+  # a change there changes what lint measures: here an activation swapped for one that gives
+  # zeros, which a copy of the activation inside lint would not see.
+  unet = _unet()
+  feeds = _feeds(unet, n=1)
+  before = [r for r in lint.lint_component(unet, feeds)["layers"]
+            if r.kind.startswith("activation")]
+  monkeypatch.setattr(lint.md_unet, "activation", lambda kind, x: torch.zeros_like(x))
+  after = [r for r in lint.lint_component(unet, feeds)["layers"]
+           if r.kind.startswith("activation")]
+  assert before and len(after) == len(before)
+  assert all(r.peak > 0 for r in before) and all(r.peak == 0 for r in after)
+  # The attention weights lint measures are the ones the forward pass multiplies with V.
+  att = next(m for m in unet.modules() if isinstance(m, lint.md_unet.Attention))
+  x = torch.randn(1, 5, att.to_q.in_features)
+  weights, v = att.weights_and_values(x)
+  b, n, c = x.shape
+  expected = att.to_out((weights @ v).transpose(1, 2).reshape(b, n, c))
+  torch.testing.assert_close(att(x), expected)

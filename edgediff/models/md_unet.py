@@ -131,8 +131,9 @@ class Attention(nn.Module):
     self.to_v = None if shared_kv else nn.Linear(kv_dim, dim, bias=False)
     self.to_out = nn.Linear(dim, dim)
 
-  def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-    b, n, c = x.shape
+  def weights_and_values(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    """The attention weights (B, h, N, L) and values (B, h, L, d) of input `x` (B, N, C)."""
+    b, n, _ = x.shape
     ctx = x if context is None else context
     q = self.to_q(x)
     k = self.to_k(ctx)
@@ -146,8 +147,22 @@ class Attention(nn.Module):
       weights = F.relu(scores) / k.shape[2]
     else:
       weights = scores.softmax(dim=-1)
+    return weights, v
+
+  def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    b, n, c = x.shape
+    weights, v = self.weights_and_values(x, context)
     out = (weights @ v).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
     return self.to_out(out)
+
+
+def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
+  """The gated feed-forward's activation: swish (MobileDiffusion's), gelu or gelu_tanh."""
+  if kind == "swish":
+    return F.silu(x)
+  if kind == "gelu":
+    return F.gelu(x)
+  return F.gelu(x, approximate="tanh")
 
 
 class GatedFeedForward(nn.Module):
@@ -162,13 +177,7 @@ class GatedFeedForward(nn.Module):
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     value, gate = self.proj_in(x).chunk(2, dim=-1)
-    if self.activation == "swish":
-      gate = F.silu(gate)
-    elif self.activation == "gelu":
-      gate = F.gelu(gate)
-    else:
-      gate = F.gelu(gate, approximate="tanh")
-    return self.proj_out(value * gate)
+    return self.proj_out(value * activation(self.activation, gate))
 
 
 class TransformerBlock(nn.Module):

@@ -25,7 +25,6 @@ import dataclasses
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from edgediff import metrics
 from edgediff.models import md_unet
@@ -96,24 +95,6 @@ class _Capture:
       h.remove()
 
 
-def _act(kind: str, x: torch.Tensor) -> torch.Tensor:
-  if kind == "swish":
-    return F.silu(x)
-  if kind == "gelu":
-    return F.gelu(x)
-  return F.gelu(x, approximate="tanh")
-
-
-def _attention_weights(att: md_unet.Attention, x: torch.Tensor, context) -> torch.Tensor:
-  """Recomputes the attention weights (B, h, N, L) from the block's input."""
-  b, n, _ = x.shape
-  ctx = x if context is None else context
-  q = att.to_q(x).view(b, n, att.heads, att.head_dim).transpose(1, 2)  # (B, h, N, d)
-  k = att.to_k(ctx).view(b, -1, att.heads, att.head_dim).transpose(1, 2)  # (B, h, L, d)
-  scores = q @ k.transpose(-1, -2) * att.head_dim**-0.5  # (B, h, N, L)
-  return F.relu(scores) / k.shape[2] if att.kind == "relu" else scores.softmax(-1)
-
-
 def _measure_layer(module, name: str, records) -> LayerReport:
   inputs = [r[0] for r in records]
   outputs = torch.cat([r[1].flatten() for r in records])
@@ -139,9 +120,9 @@ def _measure_layer(module, name: str, records) -> LayerReport:
 
 def _measure_act(kind: str, name: str, records) -> LayerReport:
   gates = torch.cat([r[1].chunk(2, dim=-1)[1].flatten() for r in records])  # act inputs
-  ref = _act(kind, gates)
+  ref = md_unet.activation(kind, gates)
   with torch.no_grad():
-    half = _act(kind, gates.half()).float()
+    half = md_unet.activation(kind, gates.half()).float()
     lo, hi = float(ref.min()), float(ref.max())
     int8 = fake_quant(ref, lo, hi)  # the activation's output as an int8 tensor
   hazards = []
@@ -154,11 +135,11 @@ def _measure_act(kind: str, name: str, records) -> LayerReport:
 
 def _measure_attention(att, name: str, records) -> LayerReport:
   with torch.no_grad():
-    weights = [_attention_weights(att, i[0], i[1] if len(i) > 1 else None) for i, _ in records]
+    weights = [att.weights_and_values(*i)[0] for i, _ in records]
     ref = torch.cat([w.flatten() for w in weights])
     half_att = copy.deepcopy(att).half()
-    half = [_attention_weights(half_att, i[0].half(), i[1].half() if len(i) > 1 else None)
-            .float().flatten() for i, _ in records]
+    half = [half_att.weights_and_values(*(a.half() for a in i))[0].float().flatten()
+            for i, _ in records]
     int8 = fake_quant(ref, float(ref.min()), float(ref.max()))
   hazards = ["softmax: exponentials and a row-sum reduction"] if att.kind == "softmax" else []
   return LayerReport(name, f"attention weights ({att.kind})", float(ref.abs().max()),
