@@ -12,15 +12,13 @@ Every device command is built with shlex.join from an argument list: user string
 serials) never reach the device shell unquoted. Host-side adb calls take argument lists.
 """
 
-import argparse
+import dataclasses
 import datetime
-import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 
 from edgediff.errors import EdgediffError
@@ -154,81 +152,74 @@ def pick_device(adb: str, serial: str | None) -> Device:
   return Device(adb, serial)
 
 
-def benchmark_argv(remote_binary: str, remote_model: str, args) -> list[str]:
-  argv = [remote_binary, f"--graph={remote_model}", f"--num_threads={args.threads}",
-          f"--warmup_runs={args.warmup_runs}", f"--num_runs={args.runs}",
-          f"--use_xnnpack={'true' if args.xnnpack else 'false'}",
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+  """How benchmark_model runs each component."""
+  threads: int = 4
+  runs: int = 50
+  warmup_runs: int = 5
+  xnnpack: bool = True
+  gpu: bool = False  # the GPU delegate
+  nnapi: bool = False  # the NNAPI delegate
+  allow_fp16: bool = False  # fp16 compute (and the GPU's precision loss)
+  cooldown: float = 30.0  # seconds between components, for the SoC to cool
+
+
+def benchmark_argv(remote_binary: str, remote_model: str, settings: BenchSettings) -> list[str]:
+  argv = [remote_binary, f"--graph={remote_model}", f"--num_threads={settings.threads}",
+          f"--warmup_runs={settings.warmup_runs}", f"--num_runs={settings.runs}",
+          f"--use_xnnpack={'true' if settings.xnnpack else 'false'}",
           "--report_peak_memory_footprint=true"]
-  if args.gpu:
+  if settings.gpu:
     argv.append("--use_gpu=true")
-  if args.nnapi:
+  if settings.nnapi:
     argv.append("--use_nnapi=true")
-  if args.allow_fp16:
+  if settings.allow_fp16:
     argv += ["--allow_fp16=true", "--gpu_precision_loss_allowed=true"]
   return argv
 
 
-def run(args) -> dict:
+def run(folder: str, benchmark_binary: str, settings: BenchSettings, serial: str | None = None,
+        components: list[str] | None = None, log_dir: str | None = None) -> dict:
+  """benchmark_model on each component of the TFLite export `folder` (default: all)."""
   from edgediff import manifest as manifest_lib
 
-  if not os.path.isfile(args.benchmark_binary):
-    raise EdgediffError(f"{args.benchmark_binary}: no such benchmark_model binary; build it "
+  if not os.path.isfile(benchmark_binary):
+    raise EdgediffError(f"{benchmark_binary}: no such benchmark_model binary; build it "
                         "from tensorflow/lite/tools/benchmark or take the prebuilt "
                         "android_aarch64_benchmark_model from the LiteRT performance docs")
-  manifest = manifest_lib.read(args.dir)
+  manifest = manifest_lib.read(folder)
   if manifest is None or manifest.get("format") != "tflite":
-    raise EdgediffError(f"{args.dir}: not a TFLite export folder (no tflite manifest.json)")
+    raise EdgediffError(f"{folder}: not a TFLite export folder (no tflite manifest.json)")
   adb = find_adb()
-  device = pick_device(adb, args.serial)
+  device = pick_device(adb, serial)
   info = device.describe()
   device.shell(["mkdir", "-p", REMOTE_DIR])
   remote_binary = f"{REMOTE_DIR}/benchmark_model"
-  device.push(args.benchmark_binary, remote_binary)
+  device.push(benchmark_binary, remote_binary)
   device.shell(["chmod", "755", remote_binary])
   rows = []
-  components = args.component or list(manifest["components"])
-  for i, component in enumerate(components):
+  for i, component in enumerate(components or list(manifest["components"])):
     entry = manifest["components"][component]
     remote_model = f"{REMOTE_DIR}/{entry['file']}"
-    device.push(os.path.join(args.dir, entry["file"]), remote_model)
+    device.push(os.path.join(folder, entry["file"]), remote_model)
     if i:
-      time.sleep(args.cooldown)  # let the SoC cool between components
+      time.sleep(settings.cooldown)  # let the SoC cool between components
     before = device.battery_celsius()
-    log = device.shell(benchmark_argv(remote_binary, remote_model, args), timeout=3600)
+    log = device.shell(benchmark_argv(remote_binary, remote_model, settings), timeout=3600)
     after = device.battery_celsius()
     parsed = parse_benchmark_output(log)
     rows.append({"backend": f"tflite-device/{manifest['recipe']}", "component": component,
                  "file_mb": round(entry["bytes"] / 1e6, 3), "median_ms": None,
                  "p90_ms": None, "p95_ms": None, "peak_rss_mb": parsed["peak_memory_mb"],
-                 "threads": args.threads, **parsed, "battery_c_before": before,
+                 "threads": settings.threads, **parsed, "battery_c_before": before,
                  "battery_c_after": after})
-    if args.log_dir:
-      os.makedirs(args.log_dir, exist_ok=True)
-      with open(os.path.join(args.log_dir, f"{component}.log"), "w") as f:
+    if log_dir:
+      os.makedirs(log_dir, exist_ok=True)
+      with open(os.path.join(log_dir, f"{component}.log"), "w") as f:
         f.write(log)
   return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-          "device": info, "options": {k: getattr(args, k) for k in (
-              "threads", "runs", "warmup_runs", "xnnpack", "gpu", "nnapi", "allow_fp16",
-              "cooldown")}, "rows": rows}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("dir", help="a TFLite export folder (out/<pipeline>/tflite/<recipe>)")
-  p.add_argument("--benchmark-binary", required=True, metavar="PATH",
-                 help="a TFLite benchmark_model binary for the phone's ABI")
-  p.add_argument("--serial", help="the device (default: the only one connected)")
-  p.add_argument("--component", action="append",
-                 choices=["text_encoder", "unet", "vae_decoder"])
-  p.add_argument("--threads", type=int, default=4)
-  p.add_argument("--runs", type=int, default=50)
-  p.add_argument("--warmup-runs", type=int, default=5)
-  p.add_argument("--no-xnnpack", dest="xnnpack", action="store_false")
-  p.add_argument("--gpu", action="store_true", help="the GPU delegate")
-  p.add_argument("--nnapi", action="store_true", help="the NNAPI delegate")
-  p.add_argument("--allow-fp16", action="store_true", help="allow fp16 compute")
-  p.add_argument("--cooldown", type=float, default=30.0, help="seconds between components")
-  p.add_argument("--out", default="adb_bench.json", help="where to write the results")
-  p.add_argument("--log-dir", help="keep benchmark_model's raw output per component here")
+          "device": info, "options": dataclasses.asdict(settings), "rows": rows}
 
 
 # Where the demo app (android_demo/app, package edgediff.demo) looks for an export: its own
@@ -248,7 +239,7 @@ def export_files(folder: str) -> list[str]:
                         "out/<pipeline>/tflite/<recipe>")
   if manifest.get("format") != "tflite":
     raise EdgediffError(f"{folder}: a {manifest.get('format')} export; the app runs TFLite")
-  missing = {"text_encoder", "unet", "vae_decoder"} - set(manifest["components"])
+  missing = set(manifest_lib.COMPONENTS) - set(manifest["components"])
   if missing:
     raise EdgediffError(f"{folder}: the export lacks {', '.join(sorted(missing))}; the app "
                         "runs the whole pipeline")
@@ -267,40 +258,13 @@ def export_files(folder: str) -> list[str]:
   return files
 
 
-def push_export(args) -> int:
-  """`edgediff adb-push`: an export where the demo app finds it."""
-  files = export_files(args.dir)
-  device = pick_device(find_adb(), args.serial)
-  device.shell(["mkdir", "-p", args.remote])
+def push_export(folder: str, serial: str | None = None, remote: str = APP_DIR,
+                log=lambda message: None) -> tuple[int, str]:
+  """An export where the demo app finds it; returns (files pushed, the device's serial)."""
+  files = export_files(folder)
+  device = pick_device(find_adb(), serial)
+  device.shell(["mkdir", "-p", remote])
   for path in files:
-    device.push(path, f"{args.remote}/{os.path.basename(path)}")
-    print(f"pushed {os.path.basename(path)}", file=sys.stderr)
-  print(f"{len(files)} files in {args.remote} on {device.serial}: open the edgediff app and "
-        "press Verify")
-  return 0
-
-
-def add_push_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("dir", help="a TFLite export folder (out/<pipeline>/tflite/<recipe>)")
-  p.add_argument("--serial", help="the device (default: the only one connected)")
-  p.add_argument("--remote", default=APP_DIR, help=f"where on the device (default {APP_DIR})")
-
-
-def run_and_report(args) -> int:
-  """Runs, writes the results to args.out and prints them."""
-  from edgediff import atomic
-
-  result = run(args)
-  atomic.write_json(args.out, result)
-  print(json.dumps(result, indent=1))
-  return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="adb_benchmark", description=__doc__.splitlines()[0])
-  add_arguments(parser)
-  try:
-    return run_and_report(parser.parse_args(argv))
-  except EdgediffError as e:
-    print(f"adb-bench: error: {e}", file=sys.stderr)
-    return 2
+    device.push(path, f"{remote}/{os.path.basename(path)}")
+    log(f"pushed {os.path.basename(path)}")
+  return len(files), device.serial

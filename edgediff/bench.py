@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from edgediff import manifest as manifest_lib
 from edgediff.errors import EdgediffError
 
 SCHEMA = ("backend", "component", "file_mb", "load_ms", "first_ms", "median_ms", "p90_ms",
@@ -58,7 +59,6 @@ def _worker_cmd(backend: str, folder: str, component: str, runs: int, threads: i
 def worker(backend: str, folder: str, component: str, runs: int, threads: int) -> dict:
   """Load, first run, then `runs` timed runs on the golden inputs; prints JSON."""
   from edgediff import runtimes
-  from edgediff import manifest as manifest_lib
 
   manifest = manifest_lib.read(folder)
   entry = manifest["components"][component]
@@ -86,7 +86,6 @@ def worker(backend: str, folder: str, component: str, runs: int, threads: int) -
 
 def bench_folder(folder: str, runs: int, threads: int, torch_done: set) -> list[dict]:
   """Rows for every component and backend of one export; PyTorch once per source."""
-  from edgediff import manifest as manifest_lib
   from edgediff.export import exporter
 
   manifest = manifest_lib.read(folder)
@@ -119,7 +118,7 @@ def pipeline_seconds(rows: list[dict], steps: int, guidance: bool) -> dict[str, 
   for backend in {r["backend"] for r in rows}:
     mine = [r for r in rows if r["backend"] == backend]
     med = {r["component"]: r["median_ms"] for r in mine}
-    if set(med) == {"text_encoder", "unet", "vae_decoder"}:
+    if set(med) == set(manifest_lib.COMPONENTS):
       calls = 2 if guidance and max(r.get("batch", 1) for r in mine) == 1 else 1
       out[backend] = round((calls * med["text_encoder"] + steps * calls * med["unet"]
                             + med["vae_decoder"]) / 1e3, 4)
@@ -135,7 +134,6 @@ def op_profiles(folder: str, runs: int, threads: int) -> list[dict]:
   """Per component of one export: ORT's per-op times (ONNX, and the .ort file when there is
   one) or the TFLite op mix and XNNPACK partitions (edgediff.profile)."""
   from edgediff import profile
-  from edgediff import manifest as manifest_lib
 
   manifest = manifest_lib.read(folder)
   out = []

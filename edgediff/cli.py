@@ -9,10 +9,12 @@ import sys
 
 import numpy as np
 
-from edgediff import atomic, console, metrics
+from edgediff import adb, atomic, console, metrics
 from edgediff.errors import EdgediffError
+from edgediff.manifest import COMPONENTS
 from edgediff.export import compat
 from edgediff.quant import recipes as recipes_lib
+
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -242,7 +244,7 @@ def cmd_generate(args) -> int:
   from edgediff import pipeline
   from edgediff import manifest as manifest_lib
 
-  atomic.check_file(args.out)
+  atomic.check_file(args.image)
   if args.artifacts:
     if args.pipeline or args.from_diffusers or args.weights:
       raise EdgediffError("--artifacts brings its own pipeline: drop PIPELINE/--weights")
@@ -265,9 +267,9 @@ def cmd_generate(args) -> int:
           f"rest is dropped", file=sys.stderr)
   result = gen.generate(backend, args.prompt, steps=args.steps, guidance=args.guidance,
                         seed=args.seed)
-  gen.save_png(result.image, args.out)
+  gen.save_png(result.image, args.image)
   timing = ", ".join(f"{c} {s * 1e3:.0f} ms" for c, s in result.seconds.items())
-  print(f"wrote {args.out} ({backend.name}, {args.steps} steps); time per component: {timing}")
+  print(f"wrote {args.image} ({backend.name}, {args.steps} steps); time per component: {timing}")
   if args.artifacts:
     reference = gen.generate(gen.torch_backend(pipe, latent_size), args.prompt,
                              steps=args.steps, guidance=args.guidance, seed=args.seed,
@@ -332,13 +334,14 @@ def cmd_bench(args) -> int:
   from edgediff.export import check
 
   record = bench.run_bench(check.find_manifests(args.dir), args.runs, args.threads,
-                           args.steps, args.guidance, args.results, ops=args.ops)
+                           args.steps, args.guidance != 1.0, args.results, ops=args.ops)
   if args.json:
     print(json.dumps(record, indent=1))
     return 0
   rows = [{k: ("-" if r.get(k) is None else r[k]) for k in bench.SCHEMA} for r in record["rows"]]
   _print_table(rows, list(bench.SCHEMA))
-  print(f"\ntime per image ({args.steps} steps{', guidance' if args.guidance else ''}):")
+  guided = f", guidance {args.guidance:g}" if args.guidance != 1.0 else ""
+  print(f"\ntime per image ({args.steps} steps{guided}):")
   for backend, seconds in sorted(record["seconds_per_image"].items()):
     print(f"  {backend}: {seconds:.3f} s")
   for p in record.get("ops", []):
@@ -406,6 +409,23 @@ def cmd_train_demo(args) -> int:
   return 0
 
 
+def cmd_adb_bench(args) -> int:
+  settings = adb.BenchSettings(
+      threads=args.threads, runs=args.runs, warmup_runs=args.warmup_runs, xnnpack=args.xnnpack,
+      gpu=args.gpu, nnapi=args.nnapi, allow_fp16=args.allow_fp16, cooldown=args.cooldown)
+  result = adb.run(args.dir, args.benchmark_binary, settings, serial=args.serial,
+                   components=args.component, log_dir=args.log_dir)
+  atomic.write_json(args.results, result)
+  print(json.dumps(result, indent=1))
+  return 0
+
+
+def cmd_adb_push(args) -> int:
+  count, serial = adb.push_export(args.dir, args.serial, args.remote, log=console.log)
+  print(f"{count} files in {args.remote} on {serial}: open the edgediff app and press Verify")
+  return 0
+
+
 class _Parser(argparse.ArgumentParser):
   """argparse, with a bad argument reported in one line (its usage is under -h): the same
   shape as every other refusal of edgediff's."""
@@ -435,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "default: the shipped default model")
   p.add_argument("--fmt", required=True, choices=["onnx", "tflite"])
   p.add_argument("--out", default="out", help="output folder (default: out)")
-  p.add_argument("--component", action="append", choices=["text_encoder", "unet", "vae_decoder"],
+  p.add_argument("--component", action="append", choices=COMPONENTS,
                  help="export only this component (repeatable)")
   p.add_argument("--from-diffusers", metavar="FOLDER", help="a local diffusers-format folder")
   p.add_argument("--weights", metavar="FILE", help="a local .safetensors file for the spec")
@@ -480,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("generate", parents=[common], help="text to image, in PyTorch or through exported artifacts")
   p.add_argument("pipeline", nargs="?", help="a pipeline spec (default: the shipped default)")
   p.add_argument("--prompt", required=True)
-  p.add_argument("--out", required=True, help="the PNG to write")
+  # --image, not --out: --out is a folder in export and train-demo (--out still works).
+  p.add_argument("--image", "--out", required=True, metavar="FILE.png", help="the PNG to write")
   p.add_argument("--artifacts", metavar="DIR",
                  help="an export folder (out/<pipeline>/<fmt>/<recipe>); default: PyTorch")
   # Without --artifacts, images come from PyTorch: --backend torch says only that, and is
@@ -499,7 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
   p.add_argument("--runs", type=_positive_int, default=20, help="timed runs after one warm-up")
   p.add_argument("--steps", type=_positive_int, default=8, help="denoising steps for time per image")
-  p.add_argument("--guidance", action="store_true", help="time per image with guidance")
+  # A scale, as in export and generate; bare --guidance means 7.5.
+  p.add_argument("--guidance", type=_finite_float, nargs="?", const=7.5, default=1.0,
+                 metavar="SCALE", help="time per image at this guidance scale: 1 (the "
+                 "default) is one UNet call per step, any other scale two (bare: 7.5)")
   p.add_argument("--ops", action="store_true",
                  help="op-level profiles: ORT's per-op times (ONNX) or the op mix and what "
                       "runs outside the XNNPACK delegate (TFLite)")
@@ -510,15 +534,32 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.set_defaults(func=cmd_bench)
 
-  from edgediff import adb
-
   p = sub.add_parser("adb-bench", parents=[common], help="TFLite benchmark_model on an Android phone over ADB")
-  adb.add_arguments(p)
-  p.set_defaults(func=adb.run_and_report)
+  p.add_argument("dir", help="a TFLite export folder (out/<pipeline>/tflite/<recipe>)")
+  p.add_argument("--benchmark-binary", required=True, metavar="PATH",
+                 help="a TFLite benchmark_model binary for the phone's ABI")
+  p.add_argument("--serial", help="the device (default: the only one connected)")
+  p.add_argument("--component", action="append", choices=COMPONENTS)
+  p.add_argument("--threads", type=_positive_int, default=4)
+  p.add_argument("--runs", type=_positive_int, default=50)
+  p.add_argument("--warmup-runs", type=int, default=5)
+  p.add_argument("--no-xnnpack", dest="xnnpack", action="store_false")
+  p.add_argument("--gpu", action="store_true", help="the GPU delegate")
+  p.add_argument("--nnapi", action="store_true", help="the NNAPI delegate")
+  p.add_argument("--allow-fp16", action="store_true", help="allow fp16 compute")
+  p.add_argument("--cooldown", type=float, default=30.0, help="seconds between components")
+  # --results, as bench's: a file of results (--out is a folder in export and train-demo).
+  p.add_argument("--results", "--out", default="adb_bench.json", metavar="FILE",
+                 help="the JSON file to write the results to (default adb_bench.json)")
+  p.add_argument("--log-dir", help="keep benchmark_model's raw output per component here")
+  p.set_defaults(func=cmd_adb_bench)
 
   p = sub.add_parser("adb-push", parents=[common], help="push a TFLite export to a phone for the demo app")
-  adb.add_push_arguments(p)
-  p.set_defaults(func=adb.push_export)
+  p.add_argument("dir", help="a TFLite export folder (out/<pipeline>/tflite/<recipe>)")
+  p.add_argument("--serial", help="the device (default: the only one connected)")
+  p.add_argument("--remote", default=adb.APP_DIR,
+                 help=f"where on the device (default {adb.APP_DIR})")
+  p.set_defaults(func=cmd_adb_push)
 
   p = sub.add_parser("adherence",
                      help="shapes models: prompt adherence on held-out captions, by a checker")

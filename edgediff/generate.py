@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from edgediff import atomic, schedule
+from edgediff import manifest as manifest_lib
 from edgediff.errors import EdgediffError
 from edgediff.schedule import SD as SD_SCHEDULE, Schedule
 from edgediff.models.text_encoder import tokenize
@@ -36,7 +37,7 @@ class Backend:
 
 
 def torch_backend(pipe, latent_size: int | None = None) -> Backend:
-  modules = {c: pipe.build(c) for c in ("text_encoder", "unet", "vae_decoder")}
+  modules = {c: pipe.build(c) for c in manifest_lib.COMPONENTS}
 
   from edgediff.runtimes import torch_call
 
@@ -48,13 +49,12 @@ def torch_backend(pipe, latent_size: int | None = None) -> Backend:
 
 def artifact_backend(folder: str, tokenizer: str | None = None) -> Backend:
   from edgediff import runtimes
-  from edgediff import manifest as manifest_lib
 
   manifest = manifest_lib.read(folder)
   if manifest is None:
     raise EdgediffError(f"{folder}: no {manifest_lib.MANIFEST}; point --artifacts at an export "
                         "folder such as out/<pipeline>/<fmt>/<recipe>")
-  missing = {"text_encoder", "unet", "vae_decoder"} - set(manifest["components"])
+  missing = set(manifest_lib.COMPONENTS) - set(manifest["components"])
   if missing:
     raise EdgediffError(f"{folder}: the export lacks {', '.join(sorted(missing))}")
 

@@ -15,6 +15,8 @@ from edgediff import atomic
 from edgediff.errors import EdgediffError, first_line
 
 MANIFEST = "manifest.json"
+# The components of a pipeline and of a whole export, in the order they run.
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
 def sha256(path: str) -> str:

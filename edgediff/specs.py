@@ -12,9 +12,8 @@ from torch import nn
 from edgediff import schedule
 from edgediff.errors import EdgediffError
 from edgediff.schedule import SD as SD_SCHEDULE, Schedule
+from edgediff.manifest import COMPONENTS  # noqa: F401  (read as specs.COMPONENTS too)
 from edgediff.models import decoders, md_unet, sd_unets, text_encoder
-
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
 @dataclasses.dataclass(frozen=True)

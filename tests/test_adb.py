@@ -192,3 +192,37 @@ def test_adb_that_does_not_answer_is_one_line(tmp_path, monkeypatch):
   monkeypatch.setattr(adb.subprocess, "run", hang)
   with pytest.raises(adb.EdgediffError, match="adb devices did not answer in 60 s"):
     adb.pick_device("adb", None)
+
+
+def test_adb_bench_runs_each_component_with_its_settings(tmp_path, monkeypatch, capsys):
+  import json
+
+  folder, binary = _export_folder(tmp_path)
+  entry = {"file": "unet.tflite", "bytes": 98765432}
+  with open(os.path.join(folder, "manifest.json"), "w") as f:
+    json.dump({"format": "tflite", "recipe": "fp16", "components": {"unet": entry}}, f)
+  open(os.path.join(folder, "unet.tflite"), "wb").close()
+  log = tmp_path / "benchmark.log"
+  log.write_text(BENCHMARK_LOG)
+  calls = tmp_path / "calls"
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  script = bin_dir / "adb"  # one device; benchmark_model's documented log; a battery at 31.2 C
+  script.write_text(
+      "#!/bin/sh\necho \"$@\" >> " + shlex.quote(str(calls)) + "\ncase \"$*\" in\n"
+      "  devices*) printf 'List of devices attached\\nR58M device\\n' ;;\n"
+      "  *benchmark_model\\ --graph*) cat " + shlex.quote(str(log)) + " ;;\n"
+      "  *dumpsys*) echo '  temperature: 312' ;;\nesac\nexit 0\n")
+  script.chmod(script.stat().st_mode | stat.S_IEXEC)
+  monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])  # and cat
+  results = tmp_path / "adb.json"
+  assert cli.main(["adb-bench", folder, "--benchmark-binary", binary, "--gpu", "--allow-fp16",
+                   "--threads", "2", "--cooldown", "0", "--results", str(results)]) == 0
+  record = json.loads(results.read_text())
+  (row,) = record["rows"]
+  assert row["component"] == "unet" and row["backend"] == "tflite-device/fp16"
+  assert row["load_ms"] == pytest.approx(812.345) and row["battery_c_before"] == 31.2
+  assert record["options"]["gpu"] and record["options"]["threads"] == 2
+  (run,) = [line for line in calls.read_text().splitlines() if "--graph=" in line]
+  assert "--use_gpu=true" in run and "--num_threads=2" in run and "--allow_fp16=true" in run
+  assert json.loads(capsys.readouterr().out) == record

@@ -76,3 +76,18 @@ def test_time_per_image_counts_guidance_calls_by_the_exports_batch():
   assert bench.pipeline_seconds(rows(1), steps=8, guidance=True)["onnx/fp32"] == 1.67
   # Batch 2 (--cfg): both branches in each call, already in its timings.
   assert bench.pipeline_seconds(rows(2), steps=8, guidance=True)["onnx/fp32"] == 0.86
+
+
+@pytest.mark.parametrize("argv,field,value", [
+    # --guidance is a scale in every command; bench's bare --guidance, its old flag, is 7.5.
+    (["bench", "d"], "guidance", 1.0),
+    (["bench", "d", "--guidance"], "guidance", 7.5),
+    (["bench", "d", "--guidance", "3"], "guidance", 3.0),
+    (["generate", "--prompt", "p", "--guidance", "3", "--image", "x.png"], "guidance", 3.0),
+    # Files a command writes have their own flag; the old --out spellings still reach them.
+    (["generate", "--prompt", "p", "--out", "x.png"], "image", "x.png"),
+    (["adb-bench", "d", "--benchmark-binary", "b", "--out", "r.json"], "results", "r.json"),
+    (["adb-bench", "d", "--benchmark-binary", "b"], "results", "adb_bench.json"),
+])
+def test_flags_mean_one_thing_across_commands(argv, field, value):
+  assert getattr(cli.build_parser().parse_args(argv), field) == value

@@ -133,11 +133,11 @@ def test_the_tokenizer_maps_a_pruned_vocabulary_not_a_gather_in_the_graph(out_di
 
 def test_generate_cli(out_dir, tmp_path, capsys):
   png = tmp_path / "x.png"
-  assert cli.main(["generate", "--prompt", "a red circle", "--out", str(png), "--steps", "3",
+  assert cli.main(["generate", "--prompt", "a red circle", "--image", str(png), "--steps", "3",
                    "--guidance", "2"]) == 0
   assert Image.open(png).size == (64, 64)  # the default model, shapes
   folder = os.path.join(out_dir, "shapes", "onnx", "int8_dynamic")
-  assert cli.main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "q.png"),
+  assert cli.main(["generate", "--prompt", "a red circle", "--image", str(tmp_path / "q.png"),
                    "--artifacts", folder, "--steps", "3"]) == 0
   out = capsys.readouterr().out
   assert "image PSNR against PyTorch fp32" in out and "time per component" in out

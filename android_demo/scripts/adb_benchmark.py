@@ -3,7 +3,7 @@
 
 import sys
 
-from edgediff.adb import main
+from edgediff import cli
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.main(["adb-bench", *sys.argv[1:]]))
