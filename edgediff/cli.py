@@ -104,14 +104,13 @@ def cmd_export(args) -> int:
       guidance=args.guidance if args.guidance is not None else (7.5 if args.cfg else 1.0),
       clamp=not args.no_clamp)
   if args.int8:
-    manifest = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout,
-                                    target=args.target or "cpu")
+    result = exporter.export_int8(pipe, opts, timeout_s=args.candidate_timeout,
+                                  target=args.target or "cpu")
   else:
-    manifest = exporter.export_pipeline(pipe, opts)
-  failures = [f for c in manifest["components"].values()  # an old runtime's, if the gate passed
-              for f in c["parity"]["failures"] or compat.failures(c.get("old_runtimes") or {})]
+    result = exporter.export_pipeline(pipe, opts)
+  manifest = result.manifest
   if args.json:
-    print(json.dumps(manifest, indent=1))
+    print(json.dumps({**manifest, "folder": result.folder}, indent=1))
   else:
     rows = [{"component": name, "file": c["file"], "MB": f"{c['bytes'] / 1e6:.2f}",
              "snr_db": f"{c['parity']['snr_db']:.1f}", "pearson": f"{c['parity']['pearson']:.6f}",
@@ -124,13 +123,13 @@ def cmd_export(args) -> int:
     if "int8_selection" in manifest:
       sel = manifest["int8_selection"]
       print(f"chosen recipe: {sel['chosen']} ({sel['why']})")
-    print(f"manifest: {manifest['folder']}/manifest.json")
+    print(f"manifest: {result.folder}/manifest.json")
+  failures = result.failures()
   for f in failures:
     print(f"edgediff: parity failed: {f}", file=sys.stderr)
   if failures:
     return 1
-  crashed = {r: c["failed"] for r, c in manifest.get("int8_selection", {}).get(
-      "candidates", {}).items() if "failed" in c}
+  crashed = result.failed_candidates()
   for recipe, why in crashed.items():
     print(f"edgediff: --int8 candidate {recipe} failed: {why}", file=sys.stderr)
   return 3 if crashed else 0

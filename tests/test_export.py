@@ -15,9 +15,9 @@ from tests.test_checkpoints import write_tiny_diffusers_folder
 def md_tiny_onnx(tmp_path_factory):
   """md-tiny exported to ONNX fp32: (out dir, export folder)."""
   out = str(tmp_path_factory.mktemp("export"))
-  manifest = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"),
-                                      exporter.ExportOptions(fmt="onnx", out=out))
-  return out, manifest["folder"]
+  result = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"),
+                                    exporter.ExportOptions(fmt="onnx", out=out))
+  return out, result.folder
 
 
 def test_rerun_skips_and_parity_passes(md_tiny_onnx, capsys):
@@ -109,7 +109,7 @@ def test_diffusers_folder_exports(tmp_path):
   folder = write_tiny_diffusers_folder(tmp_path / "tiny-sd")
   opts = exporter.ExportOptions(fmt="onnx", out=str(tmp_path / "out"),
                                 components=("text_encoder", "unet", "vae_decoder"))
-  manifest = exporter.export_pipeline(pipeline.open_pipeline(from_diffusers=folder), opts)
+  manifest = exporter.export_pipeline(pipeline.open_pipeline(from_diffusers=folder), opts).manifest
   assert manifest["pipeline"] == "tiny-sd" and manifest["passed"]
   assert manifest["source"]["from_diffusers"] == folder
 
@@ -142,21 +142,21 @@ def test_bad_checkpoint_exits_with_one_line(tmp_path, capsys, case):
 def test_nhwc_interface(tmp_path):
   opts = exporter.ExportOptions(fmt="tflite", out=str(tmp_path), components=("vae_decoder",),
                                 nhwc=True)
-  manifest = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
-  entry = manifest["components"]["vae_decoder"]
+  result = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
+  entry = result.manifest["components"]["vae_decoder"]
   assert entry["passed"] and entry["layout"] == "NHWC"
   assert entry["inputs"][0]["shape"] == [1, 16, 16, 8]  # (B, h, w, C)
   assert entry["outputs"][0]["shape"] == [1, 128, 128, 3]  # (B, H, W, 3)
-  assert cli.main(["parity", manifest["folder"]]) == 0
+  assert cli.main(["parity", result.folder]) == 0
 
 
 def test_ort_mobile_format(tmp_path):
   opts = exporter.ExportOptions(fmt="onnx", out=str(tmp_path), components=("vae_decoder",),
                                 ort=True)
-  manifest = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
-  entry = manifest["components"]["vae_decoder"]
-  path = os.path.join(manifest["folder"], entry["ort"])
-  golden = np.load(os.path.join(manifest["folder"], entry["golden"]))
+  result = exporter.export_pipeline(pipeline.open_pipeline("md-tiny"), opts)
+  entry = result.manifest["components"]["vae_decoder"]
+  path = os.path.join(result.folder, entry["ort"])
+  golden = np.load(os.path.join(result.folder, entry["golden"]))
   out = runtimes.onnx_runner(path)({"latent": golden["latent"]})["image"]
   np.testing.assert_allclose(out, golden["expected_image"], atol=1e-4)
 

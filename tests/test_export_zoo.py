@@ -33,8 +33,7 @@ FORMAT_CASES = [(fmt, name, components) for fmt in ("onnx", "tflite") for name, 
                          ids=[f"{c[1]}-{c[0]}" for c in FORMAT_CASES])
 def test_export_every_tiny_spec(out_dir, name, components, fmt):
   opts = exporter.ExportOptions(fmt=fmt, out=out_dir, components=components)
-  manifest = exporter.export_pipeline(pipeline.open_pipeline(name), opts)
-  folder = manifest["folder"]
+  folder = exporter.export_pipeline(pipeline.open_pipeline(name), opts).folder
   assert folder == os.path.join(out_dir, name, fmt, "fp32")
   on_disk = json.load(open(os.path.join(folder, "manifest.json")))
   assert on_disk["passed"] and set(on_disk["components"]) == set(components)

@@ -18,7 +18,8 @@ def out_dir(tmp_path_factory):
 def _export(out_dir, fmt, recipe, components=("unet",), force=False):
   opts = exporter.ExportOptions(fmt=fmt, out=out_dir, recipe=recipe, components=components,
                                 force=force)
-  return exporter.export_pipeline(pipeline.open_pipeline("shapes"), opts)
+  result = exporter.export_pipeline(pipeline.open_pipeline("shapes"), opts)
+  return {**result.manifest, "folder": result.folder}  # the manifest, as --json prints it
 
 
 CASES = [(fmt, r) for fmt in ("onnx", "tflite") for r in recipes.SUPPORTED[fmt]

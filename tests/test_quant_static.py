@@ -13,7 +13,8 @@ def _export(out_dir, fmt, recipe, components=("unet",), force=False, name="md-ti
   opts = exporter.ExportOptions(fmt=fmt, out=out_dir, recipe=recipe, components=components,
                                 force=force, calib_prompts=calib_prompts,
                                 latent_size=latent_size)
-  return exporter.export_pipeline(pipeline.open_pipeline(name), opts)
+  result = exporter.export_pipeline(pipeline.open_pipeline(name), opts)
+  return {**result.manifest, "folder": result.folder}  # the manifest, as --json prints it
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,8 @@ def _check_calibrated(manifest, recipe):
   # the one recording holds every component's inputs.
   from edgediff.quant import calibration
 
-  unet = calibration.load(os.path.join(manifest["folder"], "calibration.npz"), "unet")
+  assert manifest["calibration"] == "calibration.npz"  # listed, beside the artifacts
+  unet = calibration.load(os.path.join(manifest["folder"], manifest["calibration"]), "unet")
   assert len(unet) == 8 * 33
 
 

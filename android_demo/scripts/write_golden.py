@@ -114,8 +114,7 @@ def export_case(out: str) -> str:
 
   opts = exporter.ExportOptions(out=os.path.join(out, "export"), fmt="tflite",
                                 recipe="fp32", components=("text_encoder",))
-  manifest = exporter.export_pipeline(pipeline.open_pipeline(), opts)
-  return os.path.join(out, "export", manifest["pipeline"], "tflite", "fp32")
+  return exporter.export_pipeline(pipeline.open_pipeline(), opts).folder
 
 
 def _floats(a: np.ndarray) -> list[float]:

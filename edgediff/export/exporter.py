@@ -36,6 +36,7 @@ from edgediff.specs import COMPONENTS
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
 PARITY_SAMPLES = 4
+CALIBRATION_FILE = "calibration.npz"  # the recording a calibrated export used, beside it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,11 +236,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     module.clamp = opts.clamp
   output_name = module.output_names[0]
   if calib:  # a calibrated recipe: gate on recorded inputs that calibration does not see
-    if len(calib) <= PARITY_SAMPLES:
-      raise EdgediffError(
-          f"{component}: {len(calib)} recorded calibration inputs, but {PARITY_SAMPLES} are "
-          f"held out to gate on and at least one must calibrate: give more prompts with "
-          f"--calib-prompts")
+    _check_recorded(component, len(calib), "")
     samples, calib = calibration.held_out(calib, PARITY_SAMPLES)
     parity_inputs = "held out of the calibration recording"
   else:
@@ -362,12 +359,16 @@ def _check_enough_prompts(pipe, opts: ExportOptions, components: list[str]) -> N
   branches = 2 if opts.guidance != 1 else 1
   for component in components:
     calls = {"unet": calibration.STEPS * branches, "text_encoder": branches}.get(component, 1)
-    recorded = prompts * calls // opts.batch
-    if recorded <= PARITY_SAMPLES:
-      raise EdgediffError(
-          f"{component}: {prompts} prompts (the empty one included) give {recorded} recorded "
-          f"calibration inputs, but {PARITY_SAMPLES} are held out to gate on and at least one "
-          f"must calibrate: give more prompts with --calib-prompts")
+    _check_recorded(component, prompts * calls // opts.batch,
+                    f"{prompts} prompts (the empty one included) give ")
+
+
+def _check_recorded(component: str, recorded: int, why: str) -> None:
+  if recorded <= PARITY_SAMPLES:
+    raise EdgediffError(
+        f"{component}: {why}{recorded} recorded calibration inputs, but {PARITY_SAMPLES} are "
+        f"held out to gate on and at least one must calibrate: give more prompts with "
+        f"--calib-prompts")
 
 
 def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> dict:
@@ -396,12 +397,33 @@ def _calibration(pipe, opts: ExportOptions, latent_size: int, folder: str) -> di
     calibration.save(data, shared)
     log(f"calibration: recorded {sum(len(v) for v in data.values())} inputs in "
         f"{time.perf_counter() - started:.0f} s")
-  atomic.copy_file(shared, os.path.join(folder, "calibration.npz"))
+  atomic.copy_file(shared, os.path.join(folder, CALIBRATION_FILE))
   return data
 
 
-def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> dict:
-  """Exports the chosen components; returns the manifest (also written to disk)."""
+@dataclasses.dataclass
+class ExportResult:
+  """What an export wrote: its folder, and the manifest it wrote there."""
+  folder: str
+  manifest: dict
+
+  @property
+  def passed(self) -> bool:
+    return bool(self.manifest.get("passed"))
+
+  def failures(self) -> list[str]:
+    """Each component's parity failures; where the gate passed, an old runtime's."""
+    return [f for c in self.manifest["components"].values()
+            for f in c["parity"]["failures"] or compat.failures(c.get("old_runtimes") or {})]
+
+  def failed_candidates(self) -> dict[str, str]:
+    """--int8's candidate recipes that produced no artifact, with the reason."""
+    candidates = self.manifest.get("int8_selection", {}).get("candidates", {})
+    return {r: c["failed"] for r, c in candidates.items() if "failed" in c}
+
+
+def export_pipeline(pipe: pipeline_lib.Pipeline, opts: ExportOptions) -> ExportResult:
+  """Exports the chosen components; the manifest is also written to the folder."""
   if opts.fmt not in EXTENSIONS:
     raise EdgediffError(f"unknown format {opts.fmt!r}; use onnx or tflite")
   recipes.check_recipe(opts.fmt, opts.recipe)
@@ -459,7 +481,7 @@ def _locked(folder: str):
 
 
 def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
-                 latent_size: int) -> dict:
+                 latent_size: int) -> ExportResult:
   try:
     old = manifest_lib.read(folder) or {}
   except EdgediffError as e:  # nothing in it can be trusted: every component is redone
@@ -477,6 +499,8 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
       "vocabulary": list(pipe.vocabulary),
       "components": dict(old.get("components", {})),
   }
+  if os.path.isfile(os.path.join(folder, old.get("calibration", "-"))):  # components kept
+    manifest["calibration"] = old["calibration"]
   _remove_stale(folder)
   settings = _settings(pipe, opts, latent_size)
   todo = []
@@ -498,6 +522,7 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
     if opts.recipe in recipes.CALIBRATED and calib is None:
       _check_enough_prompts(pipe, opts, todo)
       calib = _calibration(pipe, opts, latent_size, folder)
+      manifest["calibration"] = CALIBRATION_FILE
     entry = export_component(pipe, component, opts, folder, latent_size, text_encoder,
                              calib and calibration.batched(calib[component], opts.batch),
                              estimate=estimates[component])
@@ -508,14 +533,13 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
     if component == todo[0]:  # beside the first artifact: a failed export leaves nothing
       text_encoder_lib.write_tokenizer(folder, pipe.tokenizer, pipe.vocabulary)
     manifest_lib.write(folder, manifest)
-  manifest["folder"] = folder
-  return manifest
+  return ExportResult(folder, manifest)
 
 
-def _latency_ms(manifest: dict, runs: int = 5) -> tuple[dict[str, float], float]:
+def _latency_ms(result: ExportResult, runs: int = 5) -> tuple[dict[str, float], float]:
   """Per component, the median latency on its golden inputs; and the noise of their sum:
   the sum of each component's interquartile range over the runs."""
-  folder = manifest["folder"]
+  folder, manifest = result.folder, result.manifest
   medians, noise = {}, 0.0
   for component, entry in manifest["components"].items():
     feeds, _ = manifest_lib.golden_feeds(folder, entry)
@@ -564,14 +588,14 @@ def choose(candidates: dict[str, dict], target: str = "cpu") -> tuple[str | None
   return chosen, why
 
 
-def _gpu_on_cpu(manifest: dict) -> list[str]:
+def _gpu_on_cpu(export: ExportResult) -> list[str]:
   """The ops, over every component, that TensorFlow's GPU analyzer says a GPU delegate leaves
   to the CPU."""
   from edgediff.export import gpu_compat
 
   ops = []
-  for component, entry in manifest["components"].items():
-    result = gpu_compat.analyze(os.path.join(manifest["folder"], entry["file"]), log=log)
+  for component, entry in export.manifest["components"].items():
+    result = gpu_compat.analyze(os.path.join(export.folder, entry["file"]), log=log)
     ops += [f"{component}:{op}" for op in result["flagged"]]
   return ops
 
@@ -597,8 +621,7 @@ def _export_child(conn, source: dict, opts: ExportOptions) -> None:
   os.dup2(2, 1)  # whatever the libraries print goes to stderr: stdout is the parent's --json
   console.apply()  # -v, quiet or --log, as the parent was told
   try:
-    manifest = export_pipeline(pipeline_lib.open_source(source), opts)
-    conn.send(("ok", manifest["folder"]))
+    conn.send(("ok", export_pipeline(pipeline_lib.open_source(source), opts).folder))
   except EdgediffError as e:
     conn.send(("failed", str(e)))
   except MemoryError:
@@ -609,7 +632,8 @@ def _export_child(conn, source: dict, opts: ExportOptions) -> None:
     conn.close()
 
 
-def _run_candidate(pipe, opts: ExportOptions, timeout_s: float | None) -> tuple[dict | None, str]:
+def _run_candidate(pipe, opts: ExportOptions,
+                   timeout_s: float | None) -> tuple[ExportResult | None, str]:
   """Exports one candidate in a child process, so that one that raises, is killed for memory
   or runs out of time leaves the others (and this process) standing."""
   ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
@@ -639,13 +663,11 @@ def _run_candidate(pipe, opts: ExportOptions, timeout_s: float | None) -> tuple[
   status, value = result
   if status != "ok":
     return None, value
-  manifest = manifest_lib.read(value)
-  manifest["folder"] = value
-  return manifest, ""
+  return ExportResult(value, manifest_lib.read(value)), ""
 
 
 def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
-                timeout_s: float | None = None, target: str = "cpu") -> dict:
+                timeout_s: float | None = None, target: str = "cpu") -> ExportResult:
   """Exports every candidate recipe for `target` (recipes.target_candidates) and keeps the
   one `choose` picks among those that pass.
 
@@ -658,46 +680,46 @@ def export_int8(pipe: pipeline_lib.Pipeline, opts: ExportOptions,
   """
   atomic.check_folder(opts.out)
   candidates = {}
-  manifests = {}
+  exports = {}
   for recipe in recipes.target_candidates(opts.fmt, target):
     log(f"--int8: trying {recipe}")
-    manifest, failure = _run_candidate(pipe, dataclasses.replace(opts, recipe=recipe),
-                                       timeout_s)
-    if manifest is None:
+    export, failure = _run_candidate(pipe, dataclasses.replace(opts, recipe=recipe),
+                                     timeout_s)
+    if export is None:
       log(f"--int8: {recipe} failed: {failure}")
       candidates[recipe] = {"passed": False, "failed": failure}
       continue
-    latency, noise = _latency_ms(manifest)
-    entries = manifest["components"].values()
-    candidates[recipe] = {"passed": manifest["passed"], "latency_ms": latency,
+    latency, noise = _latency_ms(export)
+    entries = export.manifest["components"].values()
+    candidates[recipe] = {"passed": export.passed, "latency_ms": latency,
                           "total_latency_ms": round(sum(latency.values()), 3),
                           "latency_noise_ms": noise,
                           "bytes": sum(e["bytes"] for e in entries),
                           "worst_snr_db": round(min(e["parity"]["snr_db"] for e in entries), 2),
-                          "manifest": os.path.join(manifest["folder"], manifest_lib.MANIFEST),
-                          "components": _candidate_components(manifest)}
+                          "manifest": os.path.join(export.folder, manifest_lib.MANIFEST),
+                          "components": _candidate_components(export.manifest)}
     if target == "gpu" and opts.fmt == "tflite":
-      candidates[recipe]["gpu_on_cpu"] = _gpu_on_cpu(manifest)
-    manifests[recipe] = manifest
+      candidates[recipe]["gpu_on_cpu"] = _gpu_on_cpu(export)
+    exports[recipe] = export
   failed = [r for r, c in candidates.items() if "failed" in c]
-  chosen, why = choose({r: c for r, c in candidates.items() if r in manifests}, target)
+  chosen, why = choose({r: c for r, c in candidates.items() if r in exports}, target)
   if chosen is None and target == "npu":
     raise EdgediffError(
         "--target npu: no full-integer artifact passed the parity gate (" + "; ".join(
             f"{r}: {c.get('failed') or 'failed the gate, worst snr %.1f dB' % c['worst_snr_db']}"
             for r, c in candidates.items()) + "); an NPU runs no other, so there is nothing "
         "to give it: try more --calib-prompts, or --target cpu|gpu")
-  if not manifests:
+  if not exports:
     raise EdgediffError("--int8: every candidate failed: " + "; ".join(
         f"{r}: {c['failed']}" for r, c in candidates.items()))
   if chosen is None:
-    chosen = min(manifests, key=lambda r: candidates[r]["total_latency_ms"])
+    chosen = min(exports, key=lambda r: candidates[r]["total_latency_ms"])
     why = "no candidate passed the parity gate; reporting the fastest"
   if failed:
     why += f"; {', '.join(failed)} failed (see candidates)"
-  manifest = manifests[chosen]
-  manifest["int8_selection"] = {"chosen": chosen, "target": target, "why": why,
-                                "candidates": candidates}
-  manifest_lib.write(manifest["folder"], manifest)
+  export = exports[chosen]
+  export.manifest["int8_selection"] = {"chosen": chosen, "target": target, "why": why,
+                                       "candidates": candidates}
+  manifest_lib.write(export.folder, export.manifest)
   log(f"--int8: chose {chosen}: {why}")
-  return manifest
+  return export

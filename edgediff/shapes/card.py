@@ -118,13 +118,12 @@ def _quant_rows(name: str, n: int) -> list[dict]:
   pipe = pipeline.open_pipeline(name)
   with tempfile.TemporaryDirectory() as tmp:
     for fmt, recipe in QUANT:
-      manifest = exporter.export_pipeline(pipe, exporter.ExportOptions(
+      result = exporter.export_pipeline(pipe, exporter.ExportOptions(
           fmt=fmt, out=tmp, recipe=recipe))
-      folder = os.path.join(tmp, name, fmt, recipe)
-      scores, _, _ = adherence.measure(gen.artifact_backend(folder), n=n)
-      rows.append({"format": fmt, "recipe": recipe, "passed": manifest["passed"],
+      scores, _, _ = adherence.measure(gen.artifact_backend(result.folder), n=n)
+      rows.append({"format": fmt, "recipe": recipe, "passed": result.passed,
                    "psnr_db": {c: round(e["parity"]["psnr_db"], 1)
-                               for c, e in manifest["components"].items()},
+                               for c, e in result.manifest["components"].items()},
                    "adherence": scores})
   return rows
 
