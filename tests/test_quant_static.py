@@ -120,8 +120,9 @@ def _check_calibrated(manifest, recipe):
 
 # The decoder only: ai-edge-quantizer's calibration of the UNet takes minutes on CPU.
 def test_tflite_w8a16_on_the_trained_model(tmp_path):
-  _check_calibrated(_export_shapes(str(tmp_path), "tflite", "w8a16", ("vae_decoder",)),
-                    "w8a16")
+  manifest = _export_shapes(str(tmp_path), "tflite", "w8a16", ("vae_decoder",))
+  _check_calibrated(manifest, "w8a16")
+  assert manifest["components"]["vae_decoder"]["quantization"]["float_by_rule"] == {}
 
 
 def test_tflite_int8_static_on_the_trained_model_is_byte_identical(tmp_path):
@@ -132,6 +133,11 @@ def test_tflite_int8_static_on_the_trained_model_is_byte_identical(tmp_path):
   text = first["components"]["text_encoder"]
   assert text["passed"], text["parity"]["failures"]
   assert text["quantization"]["unbounded_in_float"]
+  # Both have norms (LayerNorm, GroupNorm) whose statistics stay in float; neither has time
+  # features. w8a16 keeps nothing in float by rule.
+  for entry in (text, first["components"]["vae_decoder"]):
+    rules = entry["quantization"]["float_by_rule"]
+    assert rules["norm_statistics"] > 0 and rules["time_features"] == 0, rules
   # Its QUANTIZE and DEQUANTIZE ops read as such by parsers that know only the legacy code.
   check_readable_by_old_parsers(os.path.join(first["folder"], text["file"]))
   second = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",), force=True)

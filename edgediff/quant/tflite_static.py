@@ -6,7 +6,9 @@ or int16 activations. When the result misses the parity gate, every op output of
 quantized model is compared with the float model's on a few calibration samples (not the
 gate's, which stay held out), and edgediff.quant.fallback keeps the ops that add the most
 error in float, a few at a time. The fallback list, with each op's SNR, goes
-into the manifest. Inputs and outputs stay float.
+into the manifest. Inputs and outputs stay float, and int8_static keeps two kinds of tensor
+in float from the start, by rule (`float_by_rule`): the normalisations' statistics and the
+sinusoidal time features.
 """
 
 import contextlib
@@ -244,6 +246,79 @@ def _local_snr(fp32_path: str, snr: dict[str, float]) -> dict[str, float]:
   return out
 
 
+# Kept in float from the first round of int8_static, by rule: on the shipped UNet the two
+# rules took the worst held-out input from -4.0 to 10.0 dB SNR before any fallback, and the
+# end-to-end image PSNR from 34.4 / 23.6 dB (mean / worst prompt) to 42.5 / 33.3 dB (README,
+# "W8A8 on the shipped model"). Attention weights in float as well added nothing there.
+#
+# Norm statistics. litert-torch lowers LayerNorm and GroupNorm to elementwise ops: MEAN for
+# the mean, SQUARED_DIFFERENCE (or SUB and a MUL of a tensor by itself) and another MEAN for
+# the variance, ADD for epsilon, RSQRT for 1/std. In int8 these lose what a norm exists to
+# keep: a variance spans the square of its input's range, and 1/std is largest where the
+# variance is smallest. (onnxruntime keeps each norm one float op between int8 tensors.)
+# Time features. A SIN's input is the timestep (0-999) times each frequency, up to ~1000
+# radians: an int8 step of either range is several radians, and the features are noise.
+
+
+def norm_statistics(fp32_path: str) -> list[str]:
+  """The tensors of `fp32_path` that hold a normalisation's statistics: every tensor on the
+  way back from an RSQRT's output to the MEANs it is computed from, and the squares that a
+  MEAN averages."""
+  names, ops = _graph(fp32_path)
+  producers = {int(i): op for op in ops for i in op["outputs"]}
+  out = set()
+  for op in ops:
+    if op["op_name"] != "RSQRT":
+      continue
+    out.update(names[int(i)] for i in op["outputs"] if names.get(int(i)))
+    todo, seen = [int(i) for i in op["inputs"]], set()
+    while todo:
+      i = todo.pop()
+      producer = producers.get(i)
+      if i in seen or producer is None or not names.get(i):
+        continue
+      seen.add(i)
+      out.add(names[i])
+      if producer["op_name"] == "MEAN":
+        square = producers.get(int(producer["inputs"][0]))
+        if square and (square["op_name"] == "SQUARED_DIFFERENCE" or (
+            square["op_name"] == "MUL" and len(set(square["inputs"])) == 1)):
+          out.add(names[int(producer["inputs"][0])])
+        continue  # a mean's own input is the activation being normalised
+      todo += [int(j) for j in producer["inputs"]]
+  return sorted(out)
+
+
+def time_features(fp32_path: str) -> list[str]:
+  """The sinusoidal timestep features of `fp32_path`: the outputs of its SIN and COS ops and
+  every tensor computed on the way to them from the graph's inputs."""
+  names, ops = _graph(fp32_path)
+  producers = {int(i): op for op in ops for i in op["outputs"]}
+  out, todo, seen = set(), [], set()
+  for op in ops:
+    if op["op_name"] in ("SIN", "COS"):
+      out.update(names[int(i)] for i in op["outputs"] if names.get(int(i)))
+      todo += [int(i) for i in op["inputs"]]
+  while todo:
+    i = todo.pop()
+    if i in seen or i not in producers:  # graph inputs and constants end the walk
+      continue
+    seen.add(i)
+    if names.get(i):
+      out.add(names[i])
+    todo += [int(j) for j in producers[i]["inputs"]]
+  return sorted(out)
+
+
+def float_by_rule(fp32_path: str, recipe: str) -> dict[str, list[str]]:
+  """{rule: tensors} that `recipe` keeps in float from the first round (int8_static only:
+  int16 activations hold both, and w8a16 passes without)."""
+  if recipe != "int8_static":
+    return {}
+  return {"norm_statistics": norm_statistics(fp32_path),
+          "time_features": time_features(fp32_path)}
+
+
 # A tensor whose calibrated range reaches this far holds float32's extremes: a CLIP text
 # encoder's causal mask (float32's minimum) added to its attention scores. No int8 or int16
 # range can hold it, and LiteRT aborts the whole process (SIGABRT) on the first call of a
@@ -259,12 +334,15 @@ def _unbounded(qsvs: dict) -> list[str]:
 def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, samples, references,
                            output: str, thresholds) -> dict:
   """Writes `path`; returns {"fallback": [{op, sqnr_db}], "rounds": n,
-  "unbounded_in_float": [tensor]} (those in float from the first round, see UNBOUNDED)."""
+  "unbounded_in_float": [tensor] (in float from the first round, see UNBOUNDED),
+  "float_by_rule": {rule: tensors kept in float by it}}."""
   calibrated, reference = {}, {}
   ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
+  rules = float_by_rule(fp32_path, recipe)
+  by_rule = {t for tensors in rules.values() for t in tensors}
 
   def quantize(excluded):
-    _quantize(fp32_path, path, recipe, calib, excluded, calibrated)
+    _quantize(fp32_path, path, recipe, calib, sorted(set(excluded) | by_rule), calibrated)
     return runtimes.tflite_runner(path)
 
   with tempfile.TemporaryDirectory(prefix=".tmp-float-", dir=os.path.dirname(path)) as folder:
@@ -272,9 +350,11 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
     def sensitivity():
       if "float" not in reference:  # the float model's, the same every round
         reference["float"] = _FloatTensors(fp32_path, ranked_on, folder)
-      return _local_snr(fp32_path, reference["float"].snr(path))
+      snr = _local_snr(fp32_path, reference["float"].snr(path))
+      return {n: v for n, v in snr.items() if n not in by_rule}  # in float already
 
     info = fallback.quantize_with_fallback(quantize, sensitivity, samples, references, output,
                                            thresholds)
   info["unbounded_in_float"] = _unbounded(calibrated["result"])
+  info["float_by_rule"] = {rule: len(tensors) for rule, tensors in rules.items()}
   return info
