@@ -2,7 +2,6 @@
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -61,14 +60,7 @@ def _resolution(text: str) -> int:
 def cmd_models(args) -> int:
   from edgediff import counting, specs
 
-  rows = []
-  for spec in specs.COMPONENT_SPECS.values():
-    module = spec.build(tiny=args.tiny, device="meta")
-    inputs = module.input_specs(1, 64 if spec.component == "vae_decoder" else None)
-    rows.append({
-        "name": spec.name, "component": spec.component,
-        "params": counting.count_params(module), "macs": counting.count_macs(module, inputs),
-        "inputs": [i.to_json() for i in inputs], "summary": spec.summary})
+  rows = counting.zoo(tiny=args.tiny)
   if args.json:
     print(json.dumps(rows, indent=1))
     return 0
@@ -275,23 +267,12 @@ def cmd_generate(args) -> int:
                              progress=False)
     psnr = metrics.image_psnr_db(reference.image, result.image)
     print(f"image PSNR against PyTorch fp32 (same prompt and seed): {psnr:.2f} dB")
-  _print_adherence(args.prompt, result.image)
+  from edgediff.shapes import checker
+
+  verdict = checker.describe(args.prompt, result.image)
+  if verdict:
+    print(f"adherence checker: {verdict}")
   return 0
-
-
-def _print_adherence(prompt: str, image) -> None:
-  """For a caption of the shapes grammar, what the adherence checker reads off the image."""
-  from edgediff.shapes import checker, data
-
-  scene = data.parse_caption(prompt)
-  if scene is None or image.shape[1:] != (data.IMAGE_SIZE, data.IMAGE_SIZE):
-    return
-  pixels = (image.clip(0, 1) * 255).round().astype("uint8").transpose(1, 2, 0)
-  found = checker.read(pixels)
-  marks = [f"{a} {found[a]}" + ("" if found[a] == getattr(scene, a) else
-                               f" (asked: {getattr(scene, a)})") for a in data.ATTRIBUTES]
-  ok = all(found[a] == getattr(scene, a) for a in data.ATTRIBUTES)
-  print(f"adherence checker: {'accepted' if ok else 'rejected'}: {'; '.join(marks)}")
 
 
 def cmd_adherence(args) -> int:
@@ -306,16 +287,7 @@ def cmd_adherence(args) -> int:
   scores, images, _ = adherence.measure(backend, n=args.n, steps=args.steps,
                                         guidance=args.guidance, seed=args.seed)
   if args.grid:
-    from PIL import Image
-
-    cols = 10
-    rows = -(-len(images) // cols)
-    sheet = np.zeros((rows * 64, cols * 64, 3), np.uint8)
-    for i, image in enumerate(images):
-      sheet[(i // cols) * 64:(i // cols + 1) * 64, (i % cols) * 64:(i % cols + 1) * 64] = image
-    buffer = io.BytesIO()
-    Image.fromarray(sheet).save(buffer, format="PNG")
-    atomic.write_bytes(args.grid, buffer.getvalue())
+    atomic.write_bytes(args.grid, adherence.contact_sheet(images))
   record = {"backend": backend.name, "n": args.n, "steps": args.steps,
             "guidance": args.guidance, "seed": args.seed, "scores": scores}
   if args.json:
@@ -364,14 +336,10 @@ def cmd_lint(args) -> int:
   name = args.pipeline or pipeline.DEFAULT_PIPELINE
   compare = args.compare
   if compare is None:  # the trained variants that ship beside the default model
-    from edgediff import specs
-
-    variants = ["shapes-gelu", "shapes-softmax"] if name == "shapes" else []
-    compare = [v for v in variants if os.path.isfile(
-        pipeline.shipped_weights_path(specs.pipeline_spec(v)))]
-    if len(compare) < len(variants):
-      print(f"note: {', '.join(sorted(set(variants) - set(compare)))} not shipped; train "
-            "them with `edgediff train-demo --variant gelu_tanh|softmax`")
+    compare, missing = lint.shipped_variants(name)
+    if missing:
+      print(f"note: {', '.join(missing)} not shipped; train them with `edgediff train-demo "
+            "--variant gelu_tanh|softmax`")
   results = {n: lint.lint_pipeline(pipeline.open_pipeline(n)) for n in [name, *compare]}
   if args.json:
     print(json.dumps(results, indent=1))
@@ -466,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="TFLite: channel-last image and latent tensors (default NCHW, as PyTorch)")
   quant = p.add_mutually_exclusive_group()
   quant.add_argument("--quant", default="fp32", metavar="RECIPE", choices=recipes_lib.RECIPES,
-                     help=f"{', '.join(recipes_lib.RECIPES)} (default fp32)")
+                     help="; ".join(f"{r.name}: {r.summary}" for r in recipes_lib.TABLE.values())
+                     + " (default fp32)")
   quant.add_argument("--fp16", action="store_true", help="same as --quant fp16")
   quant.add_argument("--int8", action="store_true",
                      help="the int8 recipe that passes the gate fastest in this runtime")

@@ -24,3 +24,17 @@ def count_macs(module: nn.Module, specs: list[TensorSpec]) -> int:
   with torch.no_grad(), FlopCounterMode(display=False) as counter:
     module(*meta_inputs(specs))
   return counter.get_total_flops() // 2
+
+
+def zoo(tiny: bool = False) -> list[dict]:
+  """Every component spec: parameters, MACs (the decoder at a 64x64 latent) and inputs."""
+  from edgediff import specs
+
+  rows = []
+  for spec in specs.COMPONENT_SPECS.values():
+    module = spec.build(tiny=tiny, device="meta")
+    inputs = module.input_specs(1, 64 if spec.component == "vae_decoder" else None)
+    rows.append({"name": spec.name, "component": spec.component,
+                 "params": count_params(module), "macs": count_macs(module, inputs),
+                 "inputs": [i.to_json() for i in inputs], "summary": spec.summary})
+  return rows

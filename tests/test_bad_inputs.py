@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgediff import checkpoints, cli, pipeline
-from test_checkpoints import write_tiny_diffusers_folder
+from helpers import write_tiny_diffusers_folder
 
 
 def _run(capsys, *argv) -> tuple[int, str]:

@@ -9,7 +9,7 @@ import pytest
 
 from edgediff import cli, pipeline, runtimes
 from edgediff.export import exporter
-from tests.test_checkpoints import write_tiny_diffusers_folder
+from helpers import write_tiny_diffusers_folder
 
 @pytest.fixture(scope="module")
 def md_tiny_onnx(tmp_path_factory):

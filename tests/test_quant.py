@@ -8,6 +8,7 @@ from edgediff import cli, metrics, pipeline
 from edgediff.export import exporter
 from edgediff.export import onnx as onnx_lib
 from edgediff.quant import recipes
+from helpers import check_readable_by_old_parsers
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +41,6 @@ def test_every_recipe_passes_its_own_gate(out_dir, fmt, recipe):
   assert entry["bytes"] < (0.6 if recipe == "fp16" else 0.45) * fp32_bytes
   if fmt == "tflite":
     check_readable_by_old_parsers(os.path.join(manifest["folder"], entry["file"]))
-
-
-def check_readable_by_old_parsers(path):
-  """Weights inline (not at file offsets) and every op code in both of the schema's fields,
-  as ai-edge-quantizer does not write them (edgediff.export.tflite.normalize)."""
-  from ai_edge_litert import schema_py_generated as schema
-
-  with open(path, "rb") as f:
-    model = schema.ModelT.InitFromPackedBuf(f.read(), 0)
-  assert [b.offset for b in model.buffers if b.offset] == []
-  assert any(b.data is not None and len(b.data) for b in model.buffers)
-  for code in model.operatorCodes:
-    assert code.deprecatedBuiltinCode == min(code.builtinCode, 127), code.builtinCode
 
 
 def test_thresholds_are_tighter_for_fp16_than_int8():

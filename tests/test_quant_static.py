@@ -5,7 +5,7 @@ import pytest
 
 from edgediff import metrics, pipeline
 from edgediff.export import exporter
-from test_quant import check_readable_by_old_parsers
+from helpers import check_readable_by_old_parsers
 
 
 def _export(out_dir, fmt, recipe, components=("unet",), force=False, name="md-tiny",

@@ -174,6 +174,12 @@ def test_default_model_follows_held_out_captions(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert "adherence checker: " in printed and f"colour {scene.colour}" in printed
   # A small sample of the model card's measurement, as a regression guard.
-  scores, _, _ = adherence.measure(gen.torch_backend(pipeline.open_pipeline()), n=24,
-                                   progress=False)
+  scores, images, _ = adherence.measure(gen.torch_backend(pipeline.open_pipeline()), n=24,
+                                        progress=False)
   assert min(scores[a] for a in FOLLOWED) >= 0.9 and scores["joint"] >= 0.8, scores
+  # adherence --grid's sheet: 10 to a row, in order.
+  import io
+
+  sheet = np.asarray(Image.open(io.BytesIO(adherence.contact_sheet(images))))
+  assert sheet.shape == (3 * 64, 10 * 64, 3)
+  assert (sheet[64:128, 192:256] == images[13]).all() and not sheet[128:, 256:].any()

@@ -550,11 +550,6 @@ def _latency_ms(result: ExportResult, runs: int = 5) -> tuple[dict[str, float], 
   return medians, round(noise, 3)
 
 
-# --target gpu: among artifacts the delegate runs equally whole, fp16 first (the GPU computes
-# in fp16 anyway, so a smaller file buys no speed), then the most accurate.
-_GPU_PREFERENCE = ("fp16", "int8_weight_only", "w8a16", "int8_static", "int8_dynamic")
-
-
 def choose(candidates: dict[str, dict], target: str = "cpu") -> tuple[str | None, str]:
   """(chosen recipe, why) among `candidates` ({recipe: {"passed", "total_latency_ms",
   "latency_noise_ms", "bytes", "worst_snr_db", "gpu_on_cpu"?}}, failed ones with "failed").
@@ -564,7 +559,7 @@ def choose(candidates: dict[str, dict], target: str = "cpu") -> tuple[str | None
     return None, "none passed the parity gate"
   if target == "gpu":
     def rank(r):
-      return (len(candidates[r].get("gpu_on_cpu") or ()), _GPU_PREFERENCE.index(r),
+      return (len(candidates[r].get("gpu_on_cpu") or ()), recipes.GPU_PREFERENCE.index(r),
               -candidates[r]["worst_snr_db"])
     chosen = min(passing, key=rank)
     checked = any("gpu_on_cpu" in candidates[r] for r in passing)

@@ -21,6 +21,7 @@ for small models (the shapes models, tiny configs).
 import contextlib
 import copy
 import dataclasses
+import os
 
 import numpy as np
 import torch
@@ -244,6 +245,17 @@ def variant_row(name: str, unet: dict) -> dict:
           "attention": att_kind[att_kind.index("(") + 1:-1],
           "attn_int8": att.get("int8_sqnr_db", "-"), "attn_fp16": att.get("fp16_sqnr_db", "-"),
           "unet_w8a8": unet["whole_sqnr_db"]["w8a8"], "unet_fp16": unet["whole_sqnr_db"]["fp16"]}
+
+
+def shipped_variants(name: str) -> tuple[list[str], list[str]]:
+  """(variants of pipeline `name` whose trained weights ship beside it, those that do not):
+  the shapes model's gelu and softmax UNets, to compare with it on the same data."""
+  from edgediff import pipeline, specs
+
+  variants = ["shapes-gelu", "shapes-softmax"] if name == "shapes" else []
+  shipped = [v for v in variants
+             if os.path.isfile(pipeline.shipped_weights_path(specs.pipeline_spec(v)))]
+  return shipped, sorted(set(variants) - set(shipped))
 
 
 def lint_pipeline(pipe, prompts: int = 4, max_feeds: int = 8) -> dict:

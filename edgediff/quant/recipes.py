@@ -35,7 +35,7 @@ class Recipe:
 
 TABLE = {r.name: r for r in (
     Recipe("fp32", "float32, as PyTorch", Thresholds(80.0, 0.99999, 0.9999), 60.0),
-    Recipe("fp16", "fp16 weights (and fp16 compute where the runtime has it); float inputs "
+    Recipe("fp16", "fp16 weights (and fp16 compute where the runtime has it), float inputs "
            "and outputs", Thresholds(40.0, 0.9999, 0.999), 40.0),
     Recipe("int8_weight_only", "int8 per-channel weights, dequantized to float for compute",
            Thresholds(25.0, 0.999, 0.99), 35.0,
@@ -81,6 +81,9 @@ def int8_candidates(fmt: str) -> tuple[str, ...]:
 #   ones NPUs and DSPs run.
 TARGETS = ("cpu", "gpu", "npu")
 FULL_INTEGER = ("int8_static", "w8a16")
+# --target gpu: among artifacts the delegate runs equally whole, fp16 first (the GPU computes
+# in fp16 anyway, so a smaller file buys no speed), then the most accurate.
+GPU_PREFERENCE = ("fp16", "int8_weight_only", "w8a16", "int8_static", "int8_dynamic")
 
 
 def target_candidates(fmt: str, target: str) -> tuple[str, ...]:
