@@ -113,6 +113,7 @@ def _structure(name: str) -> dict[str, dict]:
 
 def _quant_rows(name: str, n: int) -> list[dict]:
   from edgediff.export import exporter
+  from edgediff.quant import recipes
 
   rows = []
   pipe = pipeline.open_pipeline(name)
@@ -121,7 +122,8 @@ def _quant_rows(name: str, n: int) -> list[dict]:
       result = exporter.export_pipeline(pipe, exporter.ExportOptions(
           fmt=fmt, out=tmp, recipe=recipe))
       scores, _, _ = adherence.measure(gen.artifact_backend(result.folder), n=n)
-      rows.append({"format": fmt, "recipe": recipe, "passed": result.passed,
+      rows.append({"format": fmt, "recipe": recipe, "summary": recipes.TABLE[recipe].summary,
+                   "passed": result.passed,
                    "psnr_db": {c: round(e["parity"]["psnr_db"], 1)
                                for c, e in result.manifest["components"].items()},
                    "adherence": scores})
