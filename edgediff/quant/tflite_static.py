@@ -247,9 +247,10 @@ def _local_snr(fp32_path: str, snr: dict[str, float]) -> dict[str, float]:
 
 
 # Kept in float from the first round of int8_static, by rule: on the shipped UNet the two
-# rules took the worst held-out input from -4.0 to 10.0 dB SNR before any fallback, and the
-# end-to-end image PSNR from 34.4 / 23.6 dB (mean / worst prompt) to 42.5 / 33.3 dB (README,
-# "W8A8 on the shipped model"). Attention weights in float as well added nothing there.
+# rules took the SNR before any fallback (on the samples fallback stops on) from -4.0 to
+# 10.0 dB, and the end-to-end image PSNR from 34.4 / 23.6 dB (mean / worst prompt) to 41.0 /
+# 32.2 dB (README, "W8A8 on the shipped model"). Attention weights in float as well added
+# nothing there.
 #
 # Norm statistics. litert-torch lowers LayerNorm and GroupNorm to elementwise ops: MEAN for
 # the mean, SQUARED_DIFFERENCE (or SUB and a MUL of a tensor by itself) and another MEAN for
@@ -335,7 +336,7 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
                            output: str, thresholds) -> dict:
   """Writes `path`; returns {"fallback": [{op, sqnr_db}], "rounds": n,
   "unbounded_in_float": [tensor] (in float from the first round, see UNBOUNDED),
-  "float_by_rule": {rule: tensors kept in float by it}}."""
+  "float_by_rule": {rule: how many tensors it keeps in float}}."""
   calibrated, reference = {}, {}
   ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
   rules = float_by_rule(fp32_path, recipe)
