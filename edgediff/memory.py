@@ -76,8 +76,9 @@ def available_bytes() -> int:
 def activation_bytes(module: nn.Module, feeds: dict) -> int:
   """Bytes of every tensor one forward pass of `module` on `feeds` creates.
 
-  Runs on fake tensors (torch's FakeTensorMode), so nothing is allocated or computed; the
-  sum is what an interpreter that preserves every intermediate tensor holds for one call.
+  Runs on fake tensors (torch's FakeTensorMode), so nothing is allocated or computed. A
+  converted graph can produce more: litert-torch splits each norm into several ops, each
+  with a full-size output (quant.tflite_static.preserved_bytes counts those).
   """
   from torch._subclasses.fake_tensor import FakeTensorMode
   from torch.utils._python_dispatch import TorchDispatchMode

@@ -334,3 +334,16 @@ def test_onnx_static_rounds_leave_no_dead_external_data(tmp_path):
       referenced = max(referenced, offsets[0] + lengths[0])
   assert sizes[0] == sizes[1], sizes
   assert sizes[1] <= referenced + 4096 * len(model.graph.initializer), (sizes, referenced)
+
+
+def test_tflite_fallback_stops_when_the_float_tensors_would_not_fit(tmp_path, monkeypatch):
+  # Fallback runs the float model with every tensor preserved (SD-1.5's decoder at 512 px:
+  # 19.1 GiB); without the room it stops, keeps its best round and says why, instead of
+  # being killed by the kernel.
+  from edgediff.quant import tflite_static
+
+  monkeypatch.setattr(tflite_static, "preserved_bytes", lambda path: 10**15)
+  manifest = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",))
+  info = manifest["components"]["vae_decoder"]["quantization"]
+  assert info["rounds"] == 1 and info["fallback"] == [], info  # ranking never ran
+  assert "more than the" in info["stopped"] and "931322.6 GB" in info["stopped"]

@@ -288,6 +288,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       kept = " (kept)" if i == quant_info["kept_round"] else ""
       log(f"[{component}] fallback round {i}: {r['float']} tensors in float, snr "
           f"{r['snr_db']:.1f} dB, pearson {r['pearson']:.6f}{kept}")
+    if (quant_info or {}).get("stopped"):
+      log(f"[{component}] fallback stopped: {quant_info['stopped']}")
     convert_s = time.perf_counter() - started
     runner = runtimes.load_runner(opts.fmt, tmp_path)
     actuals = [runner(f)[output_name] for f in samples]

@@ -17,17 +17,24 @@ MAX_ROUNDS = 4
 PER_ROUND = 0.25  # fraction of the still-quantized ops kept in float per round
 
 
+class Stop(Exception):
+  """Raised by a sensitivity function that cannot rank (say, for memory): fallback ends
+  there and keeps its best round, with the reason in its result ("stopped")."""
+
+
 def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
                            sensitivity: Callable[[], dict[str, float]], samples, references,
                            output: str, thresholds) -> dict:
   """quantize(excluded names) writes the artifact and returns its runner; sensitivity() gives
   {op name: SQNR dB} of the artifact just written (an ONNX node's or a TFLite tensor's name:
   one vocabulary for both formats). Returns {"fallback": [{"op", "sqnr_db"}] of the
-  artifact left, "rounds": n, "kept_round": its round, "history": each round's gate figures}.
+  artifact left, "rounds": n, "kept_round": its round, "history": each round's gate figures,
+  and "stopped": why, when sensitivity raised Stop}.
   """
   excluded: list[dict] = []
   history: list[dict] = []
   best: tuple = ()
+  stopped = None
   for round_ in range(1, MAX_ROUNDS + 1):
     run = quantize([e["op"] for e in excluded])
     report = metrics.compare("", references, [run(f)[output] for f in samples], thresholds)
@@ -40,7 +47,12 @@ def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
     if report.passed or round_ == MAX_ROUNDS:
       break
     done = {e["op"] for e in excluded}
-    ranked = sorted((v, n) for n, v in sensitivity().items() if n not in done)
+    try:
+      snr = sensitivity()
+    except Stop as e:
+      stopped = str(e)
+      break
+    ranked = sorted((v, n) for n, v in snr.items() if n not in done)
     if not ranked:
       break
     take = max(1, int(len(ranked) * PER_ROUND))
@@ -49,4 +61,7 @@ def quantize_with_fallback(quantize: Callable[[list[str]], Callable],
   _, excluded, kept = best
   if kept != round_:
     quantize([e["op"] for e in excluded])  # deterministic: the same ranges, the same bytes
-  return {"fallback": excluded, "rounds": round_, "kept_round": kept, "history": history}
+  info = {"fallback": excluded, "rounds": round_, "kept_round": kept, "history": history}
+  if stopped:
+    info["stopped"] = stopped
+  return info

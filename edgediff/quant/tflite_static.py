@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from edgediff import atomic, runtimes
+from edgediff import atomic, memory, runtimes
 from edgediff.quant import aeq_workaround, calibration, fallback
 
 _SIGNATURE = "serving_default"  # litert-torch's one signature
@@ -145,6 +145,31 @@ def _preserving_interpreter(path: str):
     warnings.simplefilter("ignore", UserWarning)
     return litert.Interpreter(model_path=path, num_threads=2,
                               experimental_preserve_all_tensors=True)
+
+
+def preserved_bytes(fp32_path: str) -> int:
+  """Bytes of every tensor one call of the model at `fp32_path` produces: what an interpreter
+  that preserves all its tensors holds. litert-torch's graphs have many more than PyTorch
+  counts (each GroupNorm is five elementwise ops, each with a full-size output): SD-1.5's
+  decoder at 512 px, 7.5 GiB in PyTorch, produces 19.1 GiB."""
+  from ai_edge_litert import interpreter as litert
+
+  interp = litert.Interpreter(model_path=fp32_path)
+  produced = {int(i) for op in interp._get_ops_details() for i in op["outputs"]}
+  details = interp.get_tensor_details()
+  return sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
+             for d in details if d["index"] in produced)
+
+
+def _check_room(fp32_path: str) -> None:
+  """Stops fallback before it runs the float model with every tensor preserved, when those
+  tensors would not fit in the RAM available (the kernel would kill the export)."""
+  need = preserved_bytes(fp32_path)
+  room = memory.available_bytes()
+  if need > room:
+    raise fallback.Stop(
+        f"ranking ops needs every tensor of one float call, {need / memory.GB:.1f} GB, more "
+        f"than the {room / memory.GB:.1f} GB available")
 
 
 class _FloatTensors:
@@ -350,6 +375,7 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
 
     def sensitivity():
       if "float" not in reference:  # the float model's, the same every round
+        _check_room(fp32_path)
         reference["float"] = _FloatTensors(fp32_path, ranked_on, folder)
       snr = _local_snr(fp32_path, reference["float"].snr(path))
       return {n: v for n, v in snr.items() if n not in by_rule}  # in float already
