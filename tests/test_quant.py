@@ -107,8 +107,12 @@ def test_int8_picks_a_passing_recipe_and_says_why(tmp_path, capsys):
   assert set(selection["candidates"]) == set(recipes.int8_candidates("tflite"))
   chosen = selection["candidates"][selection["chosen"]]
   assert chosen["passed"]
-  assert all(chosen["total_latency_ms"] <= c["total_latency_ms"]
-             for c in selection["candidates"].values() if c["passed"])
+  # The fastest passing recipe, or one within the measured noise of it (a tie, which the
+  # smaller and then more accurate artifact wins: exporter.choose).
+  passing = [c for c in selection["candidates"].values() if c["passed"]]
+  fastest = min(passing, key=lambda c: c["total_latency_ms"])
+  assert chosen["total_latency_ms"] - fastest["total_latency_ms"] <= max(
+      chosen["latency_noise_ms"], fastest["latency_noise_ms"]), selection["candidates"]
   for recipe, candidate in selection["candidates"].items():
     # Each candidate's own manifest is kept, and the selection sums up its gate.
     assert json.load(open(candidate["manifest"]))["recipe"] == recipe
