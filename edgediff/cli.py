@@ -15,7 +15,6 @@ from edgediff.export import compat
 from edgediff.quant import recipes as recipes_lib
 
 
-
 def _print_table(rows: list[dict], columns: list[str]) -> None:
   widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
   print("  ".join(c.ljust(widths[c]) for c in columns))
@@ -269,7 +268,7 @@ def cmd_generate(args) -> int:
     print(f"image PSNR against PyTorch fp32 (same prompt and seed): {psnr:.2f} dB")
   from edgediff.shapes import checker
 
-  verdict = checker.describe(args.prompt, result.image)
+  verdict = checker.describe(args.prompt, gen.to_pixels(result.image))
   if verdict:
     print(f"adherence checker: {verdict}")
   return 0

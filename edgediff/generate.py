@@ -141,10 +141,19 @@ def generate(backend: Backend, prompt: str, steps: int = 8, guidance: float = 1.
   return Generation(image=image, latents=latents, seconds=seconds)
 
 
-def save_png(image: np.ndarray, path: str) -> None:
+def to_pixels(image: np.ndarray) -> np.ndarray:
+  """A decoded image (3, H, W) in [0, 1] (clipped, as an app does) as 8-bit RGB (H, W, 3)."""
+  return (np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+  """8-bit RGB pixels (H, W, 3) as a PNG file's bytes."""
   from PIL import Image
 
-  pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)  # (H, W, 3)
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, format="PNG")
-  atomic.write_bytes(path, buffer.getvalue())
+  return buffer.getvalue()
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  atomic.write_bytes(path, png_bytes(to_pixels(image)))

@@ -286,54 +286,46 @@ def _local_snr(fp32_path: str, snr: dict[str, float]) -> dict[str, float]:
 # radians: an int8 step of either range is several radians, and the features are noise.
 
 
+def _upstream(ops, starts, stop=lambda op: False) -> set[int]:
+  """`starts` and every tensor computed on the way to them: a walk back through producers
+  that graph inputs and constants end, and any producer for which `stop(op)` holds (its
+  output is kept)."""
+  producers = {int(i): op for op in ops for i in op["outputs"]}
+  out, todo = set(), [int(i) for i in starts]
+  while todo:
+    i = todo.pop()
+    if i in out or i not in producers:
+      continue
+    out.add(i)
+    if not stop(producers[i]):
+      todo += [int(j) for j in producers[i]["inputs"]]
+  return out
+
+
 def norm_statistics(fp32_path: str) -> list[str]:
   """The tensors of `fp32_path` that hold a normalisation's statistics: every tensor on the
   way back from an RSQRT's output to the MEANs it is computed from, and the squares that a
-  MEAN averages."""
+  MEAN averages (a mean's own input is otherwise the activation being normalised)."""
   names, ops = _graph(fp32_path)
+  rsqrt = [i for op in ops if op["op_name"] == "RSQRT" for i in op["outputs"]]
+  found = _upstream(ops, rsqrt, stop=lambda op: op["op_name"] == "MEAN")
   producers = {int(i): op for op in ops for i in op["outputs"]}
-  out = set()
   for op in ops:
-    if op["op_name"] != "RSQRT":
+    if op["op_name"] != "MEAN" or not found & {int(i) for i in op["outputs"]}:
       continue
-    out.update(names[int(i)] for i in op["outputs"] if names.get(int(i)))
-    todo, seen = [int(i) for i in op["inputs"]], set()
-    while todo:
-      i = todo.pop()
-      producer = producers.get(i)
-      if i in seen or producer is None or not names.get(i):
-        continue
-      seen.add(i)
-      out.add(names[i])
-      if producer["op_name"] == "MEAN":
-        square = producers.get(int(producer["inputs"][0]))
-        if square and (square["op_name"] == "SQUARED_DIFFERENCE" or (
-            square["op_name"] == "MUL" and len(set(square["inputs"])) == 1)):
-          out.add(names[int(producer["inputs"][0])])
-        continue  # a mean's own input is the activation being normalised
-      todo += [int(j) for j in producer["inputs"]]
-  return sorted(out)
+    square = producers.get(int(op["inputs"][0]))
+    if square and (square["op_name"] == "SQUARED_DIFFERENCE" or (
+        square["op_name"] == "MUL" and len(set(square["inputs"])) == 1)):
+      found.add(int(op["inputs"][0]))
+  return sorted({names[i] for i in found if names.get(i)})
 
 
 def time_features(fp32_path: str) -> list[str]:
   """The sinusoidal timestep features of `fp32_path`: the outputs of its SIN and COS ops and
   every tensor computed on the way to them from the graph's inputs."""
   names, ops = _graph(fp32_path)
-  producers = {int(i): op for op in ops for i in op["outputs"]}
-  out, todo, seen = set(), [], set()
-  for op in ops:
-    if op["op_name"] in ("SIN", "COS"):
-      out.update(names[int(i)] for i in op["outputs"] if names.get(int(i)))
-      todo += [int(i) for i in op["inputs"]]
-  while todo:
-    i = todo.pop()
-    if i in seen or i not in producers:  # graph inputs and constants end the walk
-      continue
-    seen.add(i)
-    if names.get(i):
-      out.add(names[i])
-    todo += [int(j) for j in producers[i]["inputs"]]
-  return sorted(out)
+  sinusoids = [i for op in ops if op["op_name"] in ("SIN", "COS") for i in op["outputs"]]
+  return sorted({names[i] for i in _upstream(ops, sinusoids) if names.get(i)})
 
 
 def float_by_rule(fp32_path: str, recipe: str) -> dict[str, list[str]]:

@@ -5,8 +5,6 @@ per (caption, seed); the checker reads their attributes back. Captions are drawn
 seed from the 108 held out of training, so the figure measures generalisation, not recall.
 """
 
-import io
-
 import numpy as np
 
 from edgediff import generate as gen
@@ -30,20 +28,16 @@ def measure(backend: gen.Backend, n: int = 200, steps: int = 8, guidance: float 
   for i, scene in enumerate(tqdm(scenes, desc="adherence", disable=not progress)):
     image = gen.generate(backend, scene.caption, steps=steps, guidance=guidance,
                          seed=seed + i, progress=False).image  # (3, H, W) in [0, 1]
-    images.append((np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0))
+    images.append(gen.to_pixels(image))
   images = np.stack(images)
   return checker.score(images, scenes), images, scenes
 
 
 def contact_sheet(images: np.ndarray, cols: int = 10) -> bytes:
   """The images (n, H, W, 3) uint8 as one PNG, `cols` to a row."""
-  from PIL import Image
-
   n, h, w, _ = images.shape
   rows = -(-n // cols)
   sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
   for i, image in enumerate(images):
     sheet[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = image
-  buffer = io.BytesIO()
-  Image.fromarray(sheet).save(buffer, format="PNG")
-  return buffer.getvalue()
+  return gen.png_bytes(sheet)

@@ -70,13 +70,12 @@ def score(images: np.ndarray, scenes: list[data.Scene]) -> dict[str, float]:
   return {**{a: hits[a] / n for a in data.ATTRIBUTES}, "joint": joint / n}
 
 
-def describe(prompt: str, image: np.ndarray) -> str | None:
-  """For a caption of the shapes grammar and its image (3, H, W) in [0, 1]: whether the
-  checker accepts it, and what it reads off each attribute; None for any other prompt."""
+def describe(prompt: str, pixels: np.ndarray) -> str | None:
+  """For a caption of the shapes grammar and its image (H, W, 3) uint8: whether the checker
+  accepts it, and what it reads off each attribute; None for any other prompt."""
   scene = data.parse_caption(prompt)
-  if scene is None or image.shape[1:] != (data.IMAGE_SIZE, data.IMAGE_SIZE):
+  if scene is None or pixels.shape[:2] != (data.IMAGE_SIZE, data.IMAGE_SIZE):
     return None
-  pixels = (image.clip(0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)  # (H, W, 3)
   found = read(pixels)
   marks = [f"{a} {found[a]}" + ("" if found[a] == getattr(scene, a) else
                                f" (asked: {getattr(scene, a)})") for a in data.ATTRIBUTES]
