@@ -336,14 +336,27 @@ def test_onnx_static_rounds_leave_no_dead_external_data(tmp_path):
   assert sizes[1] <= referenced + 4096 * len(model.graph.initializer), (sizes, referenced)
 
 
-def test_tflite_fallback_stops_when_the_float_tensors_would_not_fit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("short_of", ["ram", "disk"])
+def test_tflite_fallback_stops_when_the_float_tensors_would_not_fit(tmp_path, monkeypatch,
+                                                                    short_of):
   # Fallback runs the float model with every tensor preserved (SD-1.5's decoder at 512 px:
-  # 19.1 GiB); without the room it stops, keeps its best round and says why, instead of
-  # being killed by the kernel.
+  # 19.1 GiB) and spills them to disk; without the room for either it stops, keeps its best
+  # round and says why, instead of being killed by the kernel or filling the disk.
+  import collections
+  import shutil
+
   from edgediff.quant import tflite_static
 
-  monkeypatch.setattr(tflite_static, "preserved_bytes", lambda path: 10**15)
+  if short_of == "ram":
+    monkeypatch.setattr(tflite_static, "preserved_bytes", lambda path: 10**15)
+  else:
+    monkeypatch.setattr(tflite_static, "preserved_bytes", lambda path: 10**6)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10**6))
   manifest = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",))
   info = manifest["components"]["vae_decoder"]["quantization"]
   assert info["rounds"] == 1 and info["fallback"] == [], info  # ranking never ran
-  assert "more than the" in info["stopped"] and "931322.6 GB" in info["stopped"]
+  if short_of == "ram":
+    assert "931322.6 GB, more than the" in info["stopped"] and "of RAM free" in info["stopped"]
+  else:
+    assert "spills every tensor of 2 float calls" in info["stopped"], info["stopped"]

@@ -161,15 +161,30 @@ def preserved_bytes(fp32_path: str) -> int:
              for d in details if d["index"] in produced)
 
 
-def _check_room(fp32_path: str) -> None:
+def _check_room(fp32_path: str, folder: str, feeds: int) -> None:
   """Stops fallback before it runs the float model with every tensor preserved, when those
-  tensors would not fit in the RAM available (the kernel would kill the export)."""
+  tensors would not fit in the RAM still free (the kernel would kill the export) or, spilled
+  once per feed, on the disk under `folder`.
+
+  The RAM compared is what is free now, not memory.available_bytes(): the interpreter comes
+  on top of everything this process already holds. (SD-1.5's decoder at 512 px, 19.1 GiB of
+  tensors, was compared with free RAM plus the process's own and passed, and the process
+  reached 17.6 GB before it was stopped by hand.)"""
+  import shutil
+
+  import psutil
+
   need = preserved_bytes(fp32_path)
-  room = memory.available_bytes()
+  room = psutil.virtual_memory().available
   if need > room:
     raise fallback.Stop(
         f"ranking ops needs every tensor of one float call, {need / memory.GB:.1f} GB, more "
-        f"than the {room / memory.GB:.1f} GB available")
+        f"than the {room / memory.GB:.1f} GB of RAM free")
+  disk = shutil.disk_usage(folder).free
+  if need * feeds > disk:
+    raise fallback.Stop(
+        f"ranking ops spills every tensor of {feeds} float calls to {folder}, "
+        f"{need * feeds / memory.GB:.1f} GB, more than the {disk / memory.GB:.1f} GB free there")
 
 
 class _FloatTensors:
@@ -367,7 +382,7 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
 
     def sensitivity():
       if "float" not in reference:  # the float model's, the same every round
-        _check_room(fp32_path)
+        _check_room(fp32_path, folder, len(ranked_on))
         reference["float"] = _FloatTensors(fp32_path, ranked_on, folder)
       snr = _local_snr(fp32_path, reference["float"].snr(path))
       return {n: v for n, v in snr.items() if n not in by_rule}  # in float already
