@@ -80,7 +80,6 @@ def test_same_command_gives_byte_identical_artifacts(out_dir):
 
 @pytest.mark.parametrize("fmt,recipe,message", [
     ("onnx", "int8_weight_only", "not available for onnx"),
-    ("onnx", "w8a16", "not available for onnx"),
     ("tflite", "int4", "invalid choice: 'int4'"),
 ])
 def test_unavailable_recipes_are_refused(tmp_path, capsys, fmt, recipe, message):

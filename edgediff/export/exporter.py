@@ -126,9 +126,10 @@ def _quantize(opts: ExportOptions, fp32_path: str, path: str, samples, reference
   model and its data are removed."""
   info = None
   if opts.fmt == "onnx":
-    if opts.recipe == "int8_static":
-      info = onnx_static.quantize_with_fallback(fp32_path, path, calib, samples, references,
-                                                output_name, recipes.thresholds(opts.recipe))
+    if opts.recipe in recipes.CALIBRATED:
+      info = onnx_static.quantize_with_fallback(fp32_path, path, opts.recipe, calib, samples,
+                                                references, output_name,
+                                                recipes.thresholds(opts.recipe))
       info["calibration_samples"] = len(calib)
     else:
       recipes.quantize_onnx(opts.recipe, fp32_path, path)
@@ -280,7 +281,8 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
       if opts.fmt == "onnx":  # every ONNX written, quantized ones too
         if opts.recipe == "int8_static":
           onnx_lib.raise_opset(tmp_path, onnx_lib.QDQ_OPSET)
-        onnx_lib.set_ir_version(tmp_path)
+        if opts.recipe != "w8a16":  # 16-bit QDQ is opset 21, IR 10: no older runtime reads it
+          onnx_lib.set_ir_version(tmp_path)
         onnx_lib.check(tmp_path)
       else:  # weights inline and legacy op codes set, for older readers (under 2 GB)
         tflite_lib.normalize(tmp_path)
@@ -577,6 +579,8 @@ def choose(candidates: dict[str, dict], target: str = "cpu") -> tuple[str | None
           <= max(candidates[r]["latency_noise_ms"], best["latency_noise_ms"])]
   chosen = min(tied, key=lambda r: (candidates[r]["bytes"], -candidates[r]["worst_snr_db"]))
   kind = "full-integer (NPU) recipes" if target == "npu" else "int8 recipes"
+  if len(passing) == 1:
+    return chosen, f"the only one of the {kind} that passed the parity gate"
   why = (f"fastest of the passing {kind} ({', '.join(passing)}) by median latency on the "
          f"golden inputs, measured in this run")
   if len(tied) > 1:

@@ -1,4 +1,5 @@
-"""Static int8 for ONNX (W8A8, QDQ, per-channel weights), with sensitivity-driven fallback.
+"""Calibrated ONNX recipes (QDQ, per-channel int8 weights), with sensitivity-driven fallback:
+int8_static (W8A8) and w8a16 (uint16 activations, at opset 21, which 16-bit QDQ needs).
 
 onnxruntime.quantization calibrates activation ranges on the recorded diffusion data. When
 the result misses the parity gate, onnxruntime's qdq_loss_debug compares every quantized
@@ -73,7 +74,7 @@ def _needs_external_data(model) -> bool:
 SENSITIVITY_SAMPLES = 1
 
 
-def _quantize(fp32_path, path, calib, exclude, cache_path):
+def _quantize(fp32_path, path, recipe, calib, exclude, cache_path):
   """Calibrates (once: the ranges go to `cache_path` and later rounds reuse them) and writes
   the QDQ model.
 
@@ -95,8 +96,9 @@ def _quantize(fp32_path, path, calib, exclude, cache_path):
   # CPUs without VNNI (AVX2, AVX-512F) multiply u8 by s8 into saturating 16-bit sums: on
   # this 2-core AVX2 host the shapes decoder came out at 16 dB before any fallback, and at
   # 30.3 dB with u8 weights. u8 weights run on every CPU onnxruntime supports.
+  activations = QuantType.QUInt16 if recipe == "w8a16" else QuantType.QUInt8
   quantize_static(fp32_path, path, _Reader(calib), quant_format=QuantFormat.QDQ,
-                  per_channel=True, activation_type=QuantType.QUInt8,
+                  per_channel=True, activation_type=activations,
                   weight_type=QuantType.QUInt8, nodes_to_exclude=list(exclude),
                   use_external_data_format=os.path.isfile(fp32_path + ".data"),
                   extra_options={"CalibStridedMinMax": 1}, calibration_cache_path=cache_path)
@@ -146,8 +148,8 @@ def _with_consumers(graph, nodes: list[str]) -> list[str]:
                         if n.name not in wanted and outputs & set(n.input)]
 
 
-def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references, output,
-                           thresholds) -> dict:
+def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, samples, references,
+                           output, thresholds) -> dict:
   """Writes `path`; returns {"fallback": [{op, sqnr_db}], "rounds": n}."""
   with tempfile.TemporaryDirectory() as tmp:
     unique = os.path.join(tmp, "unique.onnx")
@@ -158,7 +160,7 @@ def quantize_with_fallback(fp32_path: str, path: str, calib, samples, references
     cache = os.path.join(tmp, "ranges.json")
 
     def quantize(excluded):
-      _quantize(unique, path, calib, _with_consumers(graph, excluded), cache)
+      _quantize(unique, path, recipe, calib, _with_consumers(graph, excluded), cache)
       return runtimes.onnx_runner(path)
 
     ranked_on = calibration.spread(calib, SENSITIVITY_SAMPLES)
