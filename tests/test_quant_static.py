@@ -166,6 +166,16 @@ def test_tflite_int8_static_on_the_trained_model_is_byte_identical(tmp_path):
     assert rules["norm_statistics"] > 0 and rules["time_features"] == 0, rules
   # Its QUANTIZE and DEQUANTIZE ops read as such by parsers that know only the legacy code.
   check_readable_by_old_parsers(os.path.join(first["folder"], text["file"]))
+  # The token embedding table is stored in int8 and dequantized for the lookup.
+  from ai_edge_litert import interpreter as litert
+
+  interp = litert.Interpreter(model_path=os.path.join(first["folder"], text["file"]))
+  ops = interp._get_ops_details()
+  dtypes = {d["index"]: d["dtype"] for d in interp.get_tensor_details()}
+  producers = {i: op for op in ops for i in op["outputs"]}
+  tables = [op["inputs"][1] for op in ops if op["op_name"] == "EMBEDDING_LOOKUP"]
+  assert tables and all(producers[t]["op_name"] == "DEQUANTIZE"
+                        and dtypes[producers[t]["inputs"][0]] == np.int8 for t in tables)
   second = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",), force=True)
   assert (first["components"]["vae_decoder"]["sha256"]
           == second["components"]["vae_decoder"]["sha256"])
