@@ -96,7 +96,7 @@ def _quantize(fp32_path, path, recipe, calib, exclude, cache_path, tables=()):
   for stale in (path, path + ".data"):
     if os.path.exists(stale):
       os.remove(stale)
-  # uint8 weights as well as activations. With int8 weights, onnxruntime's x86 kernels on
+  # uint8 weights, as int8_static's activations. With int8 weights, onnxruntime's x86 kernels on
   # CPUs without VNNI (AVX2, AVX-512F) multiply u8 by s8 into saturating 16-bit sums: on
   # this 2-core AVX2 host the shapes decoder came out at 16 dB before any fallback, and at
   # 30.3 dB with u8 weights. u8 weights run on every CPU onnxruntime supports.
