@@ -63,14 +63,22 @@ class Estimate:
             f"one call's activations {self.activation_bytes / GB:.2f} GB)")
 
 
-def available_bytes() -> int:
-  """What this process can reach at its peak: the machine's free RAM and reclaimable cache,
-  plus what the process holds already. An estimate is of the whole process's peak, so a
-  check made after loading weights or recording calibration must not count the process's
-  own memory against it a second time."""
+def free_bytes() -> int:
+  """The machine's free RAM and reclaimable cache: room for memory on top of what this
+  process holds already."""
   import psutil
 
-  return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
+  return int(psutil.virtual_memory().available)
+
+
+def available_bytes() -> int:
+  """What this process can reach at its peak: free_bytes() plus what the process holds
+  already. An estimate is of the whole process's peak, so a check made after loading
+  weights or recording calibration must not count the process's own memory against it a
+  second time."""
+  import psutil
+
+  return free_bytes() + int(psutil.Process().memory_info().rss)
 
 
 def activation_bytes(module: nn.Module, feeds: dict) -> int:

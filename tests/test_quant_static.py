@@ -125,13 +125,24 @@ def test_tflite_w8a16_on_the_trained_model(tmp_path):
   assert manifest["components"]["vae_decoder"]["quantization"]["float_by_rule"] == {}
 
 
+def _reference_evaluator_snr(folder: str, entry: dict, model) -> float:
+  """SNR (dB) of onnx's reference evaluator running `model` on the component's golden inputs,
+  against PyTorch's golden output."""
+  from onnx.reference import ReferenceEvaluator
+
+  from edgediff import manifest as manifest_lib
+
+  feeds, golden = manifest_lib.golden_feeds(folder, entry)
+  got = ReferenceEvaluator(model).run(None, feeds)[0]
+  return metrics.snr_db(golden[f"expected_{manifest_lib.output_name(entry)}"], got)
+
+
 def test_onnx_w8a16_on_the_trained_model(tmp_path):
   # The decoder that misses the int8_static gate on a low-contrast image (README, "W8A8 on
   # the shipped model") passes with uint16 activations: QDQ at opset 21, standard ONNX that
   # onnx's reference evaluator runs too.
   import onnx
   from onnx import numpy_helper
-  from onnx.reference import ReferenceEvaluator
 
   manifest = _export_shapes(str(tmp_path), "onnx", "w8a16", ("text_encoder", "vae_decoder"))
   _check_calibrated(manifest, "w8a16")
@@ -157,9 +168,8 @@ def test_onnx_w8a16_on_the_trained_model(tmp_path):
              if n.op_type == "DequantizeLinear" and n.input[0] in inits
              and inits[n.input[0]].ndim == 4}
   assert activations == {"uint16"} and weights == {"uint8"}, (activations, weights)
-  golden = np.load(os.path.join(manifest["folder"], entry["golden"]))
-  got = ReferenceEvaluator(model).run(None, {"latent": golden["latent"]})[0]
-  assert metrics.snr_db(golden["expected_image"], got) >= entry["parity"]["snr_db"] - 1
+  assert _reference_evaluator_snr(manifest["folder"], entry, model) >= (
+      entry["parity"]["snr_db"] - 1)
 
 
 def test_tflite_int8_static_on_the_trained_model_is_byte_identical(tmp_path):
@@ -205,14 +215,11 @@ def test_onnx_static_keeps_the_causal_mask_in_float(tmp_path):
   assert all(f["sqnr_db"] is None for f in first), first
   # QDQ at opset 19: onnx's reference evaluator runs it too, and agrees with onnxruntime.
   import onnx
-  from onnx.reference import ReferenceEvaluator
 
   model = onnx.load(os.path.join(manifest["folder"], entry["file"]))
   assert {o.domain: o.version for o in model.opset_import}[""] == 19 and model.ir_version == 9
-  golden = np.load(os.path.join(manifest["folder"], entry["golden"]))
-  got = ReferenceEvaluator(model).run(None, {"input_ids": golden["input_ids"]})[0]
-  expected = golden["expected_last_hidden_state"]
-  assert metrics.snr_db(expected, got) >= entry["parity"]["snr_db"] - 1
+  assert _reference_evaluator_snr(manifest["folder"], entry, model) >= (
+      entry["parity"]["snr_db"] - 1)
   # uint8 weights: with int8 ones, onnxruntime's kernels on x86 CPUs without VNNI saturate
   # (the trained decoder then gave 16 dB, with every node quantized).
   import onnx

@@ -171,16 +171,14 @@ def _check_room(fp32_path: str, folder: str, feeds: int) -> None:
   tensors would not fit in the RAM still free (the kernel would kill the export) or, spilled
   once per feed, on the disk under `folder`.
 
-  The RAM compared is what is free now, not memory.available_bytes(): the interpreter comes
-  on top of everything this process already holds. (SD-1.5's decoder at 512 px, 19.1 GiB of
+  The RAM compared is memory.free_bytes(), not available_bytes(): the interpreter comes on
+  top of everything this process already holds. (SD-1.5's decoder at 512 px, 19.1 GiB of
   tensors, was compared with free RAM plus the process's own and passed, and the process
   reached 17.6 GB before it was stopped by hand.)"""
   import shutil
 
-  import psutil
-
   need = preserved_bytes(fp32_path)
-  room = psutil.virtual_memory().available
+  room = memory.free_bytes()
   if need > room:
     raise fallback.Stop(
         f"ranking ops needs every tensor of one float call, {need / memory.GB:.1f} GB, more "
