@@ -31,11 +31,11 @@ CONVERT_FACTOR = {"tflite": 5.0, "onnx": 2.8}
 RECIPE_CONVERT_FACTOR = {("onnx", "fp16"): 5.5, ("onnx", "int8_dynamic"): 3.6}
 SLIM_FACTOR = 7.0
 # Calibrated recipes, on top of the module. TFLite: ai-edge-quantizer keeps the float model,
-# its unpacked form and the quantized one; calibration runs one sample at a time and
-# fallback compares the float and quantized models one tensor at a time from a spill on
-# disk (quant/tflite_static.py), so about one call's activations are alive at once. Fitted
-# to the md UNet's TFLite int8_static export with 4 fallback rounds (1.45 GiB of weights,
-# 3.8 GiB of activations per call): 9.2 GB peak, estimated 10.9. ONNX: onnxruntime's
+# its unpacked form and the quantized one; calibration runs one sample at a time (so about
+# one call's activations are alive at once) and fallback's ranking is bounded on its own
+# (RANKING_CHUNK_BYTES below). Fitted to the md UNet's TFLite int8_static export with 4
+# fallback rounds (1.45 GiB of weights, 3.8 GiB of activations per call): 9.2 GB peak,
+# estimated 10.9, when fallback still held every tensor of a call. ONNX: onnxruntime's
 # quantizer, its calibration session over a model augmented to output every tensor, and
 # qdq_loss_debug, which runs the float and the QDQ model with every intermediate tensor as an
 # output and keeps both sets of outputs (each session's arena holds a set while it runs).
@@ -46,6 +46,10 @@ SLIM_FACTOR = 7.0
 # three closely; these err high on each, estimating 18.7 (md), 14.3 (md-lite) and 24.6.
 CALIBRATED_WEIGHT_COPIES = {"tflite": 3.5, "onnx": 3.0}
 CALIBRATED_ACTIVATION_SETS = {"tflite": 0.75, "onnx": 3.0}
+# TFLite fallback's ranking reads intermediate tensors at most this many bytes per call
+# (quant/tflite_static.py), with an interpreter's working memory beside them; the float
+# model's weights are alive too. md's decoder at 512 px, ranked this way: 4.45 GiB peak.
+RANKING_CHUNK_BYTES = 2 * GB
 # Without calibration, PyTorch frees each intermediate tensor after its last use and the
 # runtimes plan their activation memory with reuse: a fraction of one call's activations is
 # alive at once.
@@ -81,12 +85,30 @@ def available_bytes() -> int:
   return free_bytes() + int(psutil.Process().memory_info().rss)
 
 
+def release() -> None:
+  """Hands the memory Python has freed back to the kernel.
+
+  glibc's malloc keeps freed blocks for reuse, so after a component's export the process
+  still held what its conversion had used: md's ONNX text encoder left the process at
+  3.1 GiB, 1.5 GiB after malloc_trim; md's TFLite int8_static candidate carried 4.9 GiB from
+  its UNet into its decoder's export. A later component, or another process, can then use
+  it. (On another C library there is no malloc_trim, and nothing to do.)"""
+  import ctypes
+  import gc
+
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
 def activation_bytes(module: nn.Module, feeds: dict) -> int:
   """Bytes of every tensor one forward pass of `module` on `feeds` creates.
 
   Runs on fake tensors (torch's FakeTensorMode), so nothing is allocated or computed. A
   converted graph can produce more: litert-torch splits each norm into several ops, each
-  with a full-size output (quant.tflite_static.preserved_bytes counts those).
+  with a full-size output.
   """
   from torch._subclasses.fake_tensor import FakeTensorMode
   from torch.utils._python_dispatch import TorchDispatchMode
@@ -120,6 +142,8 @@ def estimate(fmt: str, recipe: str, weights_bytes: int, activations: int, slim: 
   if calibrated:
     peak = max(peak, BASE_BYTES + (1 + CALIBRATED_WEIGHT_COPIES[fmt]) * weights_bytes
                + CALIBRATED_ACTIVATION_SETS[fmt] * activations)
+  if calibrated and fmt == "tflite":
+    peak = max(peak, BASE_BYTES + weights_bytes + 2 * min(activations, RANKING_CHUNK_BYTES))
   return Estimate(weights_bytes, activations, int(peak))
 
 

@@ -40,7 +40,7 @@ def write_tiny_diffusers_folder(root) -> str:
 
 def check_readable_by_old_parsers(path):
   """Weights inline (not at file offsets) and every op code in both of the schema's fields,
-  as ai-edge-quantizer does not write them (edgediff.export.tflite.normalize)."""
+  as ai-edge-quantizer does not write them (edgediff.tflite_files.normalize)."""
   from ai_edge_litert import schema_py_generated as schema
 
   with open(path, "rb") as f:

@@ -329,33 +329,74 @@ def test_fallback_leaves_the_best_round_not_the_last():
   assert calls[-1] == ["a"] and [e["op"] for e in info["fallback"]] == ["a"]
 
 
-def test_tflite_fallback_compares_each_tensor_with_its_float_value(tmp_path):
-  # The float model's intermediate tensors spilled to disk are the ones PyTorch computes;
-  # the float model compared with itself has no error, the int8 one a finite error on each
-  # quantized tensor.
+def _mlp_tflite(tmp_path):
   import torch
 
   from edgediff.export import tflite as tflite_lib
-  from edgediff.quant import tflite_static
 
   torch.manual_seed(0)
   model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
   path = str(tmp_path / "mlp.tflite")
   tflite_lib.export_tflite(model, {"x": torch.zeros(1, 16)}, ("y",), path)
-  x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-  hidden = model[1](model[0](torch.from_numpy(x))).detach().numpy()
-  folder = tmp_path / "float"
-  folder.mkdir()
-  tensors = tflite_static._FloatTensors(path, [{"x": x}], str(folder))
-  stored = [np.load(f) for f in tensors.files[0].values()]
-  assert any(s.shape == hidden.shape and np.allclose(s, hidden, atol=1e-5) for s in stored)
-  assert tensors.snr(path) == {}
+  feeds = [{"x": np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32)}
+           for i in range(2)]
   quantized = str(tmp_path / "q.tflite")
-  tflite_static._quantize(path, quantized, "int8_static", [{"x": x}], [], {})
-  snr = tensors.snr(quantized)
+  from edgediff.quant import tflite_static
+
+  tflite_static._quantize(path, quantized, "int8_static", feeds, [], {})
+  return model, path, quantized, feeds
+
+
+def test_tflite_fallback_compares_each_tensor_with_its_float_value(tmp_path):
+  # The float model's intermediate tensors are the ones PyTorch computes; the float model
+  # compared with itself has no error, the int8 one a finite error on each quantized tensor.
+  import torch
+
+  from edgediff.quant import tflite_static
+
+  model, path, quantized, feeds = _mlp_tflite(tmp_path)
+  hidden = model[1](model[0](torch.from_numpy(feeds[0]["x"]))).detach().numpy()
+  reference = tflite_static._FloatReference(path, feeds[:1], str(tmp_path))
+  stored = reference.outputs[0].values()
+  assert any(s.size == hidden.size and np.allclose(s, hidden.ravel(), atol=1e-5)
+             for s in stored)
+  assert reference.snr(path) == {}
+  snr = reference.snr(quantized)
   # int8 activations: each quantized tensor some 30-60 dB from float, none lost.
   assert snr and all(np.isfinite(v) for v in snr.values())
   assert 25 < min(snr.values()) < 70
+
+
+def test_tflite_fallback_reads_tensors_a_chunk_at_a_time(tmp_path, monkeypatch):
+  # At full size one call's tensors do not fit in RAM: with a budget of one byte, each
+  # tensor is read by its own call of a model copy that outputs it, and the ranking's
+  # figures are those of the interpreter that preserves them all. Elements are sampled
+  # (here 16 of each tensor of more), the same ones in both models.
+  from edgediff import memory, tflite_files
+  from edgediff.quant import tflite_static
+
+  _, path, quantized, feeds = _mlp_tflite(tmp_path)
+  monkeypatch.setattr(tflite_static, "SAMPLED_ELEMENTS", 16)
+  tflite_static._sample_index.cache_clear()
+  whole_folder, chunk_folder = tmp_path / "whole", tmp_path / "chunks"
+  whole_folder.mkdir()
+  chunk_folder.mkdir()
+  whole = tflite_static._FloatReference(path, feeds, str(whole_folder)).snr(quantized)
+
+  written = []
+  real = tflite_files.with_outputs
+  monkeypatch.setattr(tflite_files, "with_outputs",
+                      lambda src, tensors, dst: (written.append(tensors), real(src, tensors, dst)))
+  monkeypatch.setattr(memory, "RANKING_CHUNK_BYTES", 1)
+  reference = tflite_static._FloatReference(path, feeds, str(chunk_folder))
+  float_calls = len(written)
+  chunked = reference.snr(quantized)
+  tflite_static._sample_index.cache_clear()
+  assert float_calls == len(reference.outputs[0]) >= 2 and all(len(t) == 1 for t in written)
+  assert max(v.size for v in reference.outputs[0].values()) == 16  # the 32-wide ones sampled
+  assert set(chunked) == set(whole) and whole
+  assert all(abs(chunked[n] - whole[n]) < 1e-6 for n in whole), (chunked, whole)
+  assert not list(chunk_folder.iterdir())  # each copy removed after its chunk
 
 
 def test_onnx_static_rounds_leave_no_dead_external_data(tmp_path):
@@ -391,27 +432,14 @@ def test_onnx_static_rounds_leave_no_dead_external_data(tmp_path):
   assert sizes[1] <= referenced + 4096 * len(model.graph.initializer), (sizes, referenced)
 
 
-@pytest.mark.parametrize("short_of", ["ram", "disk"])
-def test_tflite_fallback_stops_when_the_float_tensors_would_not_fit(tmp_path, monkeypatch,
-                                                                    short_of):
-  # Fallback runs the float model with every tensor preserved (SD-1.5's decoder at 512 px:
-  # 19.1 GiB) and spills them to disk; without the room for either it stops, keeps its best
-  # round and says why, instead of being killed by the kernel or filling the disk.
-  import collections
-  import shutil
-
+def test_tflite_fallback_stops_when_a_chunk_would_not_fit(tmp_path, monkeypatch):
+  # Ranking reads a chunk of tensors per call; when the RAM still free would not hold one,
+  # fallback stops, keeps its best round and says why, instead of being killed by the kernel.
   from edgediff.quant import tflite_static
 
-  if short_of == "ram":
-    monkeypatch.setattr(tflite_static, "preserved_bytes", lambda path: 10**15)
-  else:
-    monkeypatch.setattr(tflite_static, "preserved_bytes", lambda path: 10**6)
-    usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10**6))
+  monkeypatch.setattr(tflite_static, "_nbytes", lambda detail: 10**15)
   manifest = _export_shapes(str(tmp_path), "tflite", "int8_static", ("vae_decoder",))
   info = manifest["components"]["vae_decoder"]["quantization"]
   assert info["rounds"] == 1 and info["fallback"] == [], info  # ranking never ran
-  if short_of == "ram":
-    assert "931322.6 GB, more than the" in info["stopped"] and "of RAM free" in info["stopped"]
-  else:
-    assert "spills every tensor of 2 float calls" in info["stopped"], info["stopped"]
+  assert "reads 931322.6 GB of tensors per call" in info["stopped"], info["stopped"]
+  assert "of RAM free" in info["stopped"], info["stopped"]

@@ -10,7 +10,6 @@ settings, unless forced.
 import contextlib
 import dataclasses
 import datetime
-import gc
 import hashlib
 import json
 import multiprocessing
@@ -26,7 +25,7 @@ import torch
 import edgediff
 from edgediff import atomic, console, manifest as manifest_lib, memory, metrics, onnx_files
 from edgediff import pipeline as pipeline_lib
-from edgediff import runtimes
+from edgediff import runtimes, tflite_files
 from edgediff.console import libraries_quiet, log
 from edgediff.errors import EdgediffError, first_line
 from edgediff.export import compat, inputs as inputs_lib, onnx as onnx_lib, tflite as tflite_lib
@@ -178,13 +177,13 @@ def _preflight(component: str, opts: ExportOptions, est: memory.Estimate) -> mem
 
 def _disk_bytes(opts: ExportOptions, est: memory.Estimate) -> int:
   """Disk an export of a component writes at once, at most: the float model, the quantized
-  one beside it, the .ort copy, and for TFLite fallback the float model's op outputs on
-  the sensitivity samples; 5% and 256 KiB over for the golden files and headers."""
+  one beside it, the .ort copy, and for TFLite fallback a copy of the float model; 5% and
+  256 KiB over for the golden files and headers."""
   fp32 = est.weights_bytes
   final = fp32 * tflite_lib.BYTES_PER_WEIGHT.get(opts.recipe, 1) // 4
   need = fp32 + (final if opts.recipe != "fp32" else 0) + (final if opts.ort else 0)
   if opts.fmt == "tflite" and opts.recipe in recipes.CALIBRATED:
-    need += tflite_static.SENSITIVITY_SAMPLES * est.activation_bytes
+    need += fp32  # fallback's ranking: a copy of the float model with more graph outputs
   return int(need * 1.05) + 256 * 1024
 
 
@@ -275,7 +274,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
     with libraries_quiet():
       fp32_path = _write_float(opts, module, samples, output_name, tmp_path)
       del module  # the quantizers read the fp32 file: the module's weights are not needed
-      gc.collect()
+      memory.release()
       quant_info = fp32_path and _quantize(opts, fp32_path, tmp_path, stop, stop_references,
                                            output_name, calib)
       if opts.fmt == "onnx":  # every ONNX written, quantized ones too
@@ -285,7 +284,7 @@ def export_component(pipe, component: str, opts: ExportOptions, folder: str,
           onnx_lib.set_ir_version(tmp_path)
         onnx_lib.check(tmp_path)
       else:  # weights inline and legacy op codes set, for older readers (under 2 GB)
-        tflite_lib.normalize(tmp_path)
+        tflite_files.normalize(tmp_path)
     for i, r in enumerate((quant_info or {}).get("history", []), 1):
       kept = " (kept)" if i == quant_info["kept_round"] else ""
       log(f"[{component}] fallback round {i}: {r['float']} tensors in float, snr "
@@ -530,6 +529,9 @@ def _export_into(pipe: pipeline_lib.Pipeline, opts: ExportOptions, folder: str,
     entry = export_component(pipe, component, opts, folder, latent_size, text_encoder,
                              calib and calibration.batched(calib[component], opts.batch),
                              estimate=estimates[component])
+    if component == "unet":
+      text_encoder = None  # only the UNet's inputs need it
+    memory.release()  # what the component's conversion used, before the next one starts
     entry["settings"] = settings
     manifest["components"][component] = entry
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()

@@ -12,6 +12,7 @@ sinusoidal time features.
 """
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -20,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from edgediff import atomic, memory, runtimes
+from edgediff import atomic, memory, runtimes, tflite_files
 from edgediff.quant import aeq_workaround, calibration, fallback
 
 _SIGNATURE = "serving_default"  # litert-torch's one signature
@@ -134,9 +135,16 @@ def _quantize(fp32_path: str, path: str, recipe: str, calib, excluded: list[str]
 
 
 # The fallback ranks ops on this many calibration samples, spread over the trajectory like
-# the gate's (which are held out of both calibration and ranking). Each one costs a float
-# model's every intermediate tensor on disk: 3.8 GiB for md's UNet at 512 px.
+# the gate's (which are held out of both calibration and ranking).
 SENSITIVITY_SAMPLES = 2
+# Ranking compares each op output of the quantized model with the float model's. One call of
+# a full-size model produces more than RAM holds (litert-torch's graph of SD-1.5's decoder at
+# 512 px: 19.1 GiB; md's, with every tensor preserved, took its process from 4.9 to 12.2 GiB),
+# so the tensors are read at most memory.RANKING_CHUNK_BYTES per call, and of each the
+# ranking keeps a fixed sample of elements: an SNR's two sums estimated on 16384 elements
+# (about 1% off, 0.05 dB, for noise-like error) rank ops as well as on millions, and the
+# float model's samples stay in RAM (64 KiB per tensor and feed).
+SAMPLED_ELEMENTS = 1 << 14
 
 
 def _preserving_interpreter(path: str):
@@ -152,108 +160,134 @@ def _preserving_interpreter(path: str):
                               experimental_preserve_all_tensors=True)
 
 
-def preserved_bytes(fp32_path: str) -> int:
-  """Bytes of every tensor one call of the model at `fp32_path` produces: what an interpreter
-  that preserves all its tensors holds. litert-torch's graphs have many more than PyTorch
-  counts (each GroupNorm is five elementwise ops, each with a full-size output): SD-1.5's
-  decoder at 512 px, 7.5 GiB in PyTorch, produces 19.1 GiB."""
-  from ai_edge_litert import interpreter as litert
-
-  interp = litert.Interpreter(model_path=fp32_path)
-  produced = {int(i) for op in interp._get_ops_details() for i in op["outputs"]}
-  details = interp.get_tensor_details()
-  return sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
-             for d in details if d["index"] in produced)
+def _nbytes(detail: dict) -> int:
+  return int(np.prod(detail["shape"])) * np.dtype(detail["dtype"]).itemsize
 
 
-def _check_room(fp32_path: str, folder: str, feeds: int) -> None:
-  """Stops fallback before it runs the float model with every tensor preserved, when those
-  tensors would not fit in the RAM still free (the kernel would kill the export) or, spilled
-  once per feed, on the disk under `folder`.
+def _check_room(chunk_bytes: int) -> None:
+  """Stops fallback before ranking when the RAM still free would not hold a chunk of
+  tensors twice over (the chunk, and the interpreter's own working memory beside it).
 
   The RAM compared is memory.free_bytes(), not available_bytes(): the interpreter comes on
-  top of everything this process already holds. (SD-1.5's decoder at 512 px, 19.1 GiB of
-  tensors, was compared with free RAM plus the process's own and passed, and the process
-  reached 17.6 GB before it was stopped by hand.)"""
-  import shutil
-
-  need = preserved_bytes(fp32_path)
+  top of everything this process already holds."""
   room = memory.free_bytes()
-  if need > room:
+  if 2 * chunk_bytes > room:
     raise fallback.Stop(
-        f"ranking ops needs every tensor of one float call, {need / memory.GB:.1f} GB, more "
-        f"than the {room / memory.GB:.1f} GB of RAM free")
-  disk = shutil.disk_usage(folder).free
-  if need * feeds > disk:
-    raise fallback.Stop(
-        f"ranking ops spills every tensor of {feeds} float calls to {folder}, "
-        f"{need * feeds / memory.GB:.1f} GB, more than the {disk / memory.GB:.1f} GB free there")
+        f"ranking ops reads {chunk_bytes / memory.GB:.1f} GB of tensors per call, with as "
+        f"much again for the interpreter: more than the {room / memory.GB:.1f} GB of RAM free")
 
 
-class _FloatTensors:
-  """Every op output of the float model on a few feeds, spilled to a folder on disk.
+@functools.lru_cache(maxsize=64)
+def _sample_index(size: int) -> np.ndarray:
+  """SAMPLED_ELEMENTS positions out of `size`, at random but the same for every tensor of
+  that size (so a tensor's quantized and float samples line up): a stride would follow a
+  tensor's layout and could see one channel only."""
+  return np.sort(np.random.default_rng(size).choice(size, SAMPLED_ELEMENTS, replace=False))
+
+
+def _sample(values: np.ndarray) -> np.ndarray:
+  flat = np.asarray(values).reshape(-1)
+  if flat.size > SAMPLED_ELEMENTS:
+    flat = flat[_sample_index(flat.size)]
+  return flat.astype(np.float32)
+
+
+def _chunks(details: list[dict], budget: int) -> list[list[dict]]:
+  """`details` in groups of at most `budget` bytes (a larger tensor alone in its group)."""
+  groups, size = [[]], 0
+  for d in details:
+    if groups[-1] and size + _nbytes(d) > budget:
+      groups.append([])
+      size = 0
+    groups[-1].append(d)
+    size += _nbytes(d)
+  return groups
+
+
+def _op_outputs(path: str, feeds: list[dict], names: set[str] | None, folder: str):
+  """Per feed, a sample (`_sample`) of each op output of the model at `path`, dequantized;
+  and a sample of each of its float or quantized constants. `names`: only these (the float
+  model's, in the quantized one); None: every float32 op output.
+
+  The tensors are read memory.RANKING_CHUNK_BYTES at a time: by an interpreter that
+  preserves all of them when they fit, otherwise, per chunk, by a copy of the model (under
+  `folder`) that makes the chunk's tensors graph outputs, run on every feed."""
+  from ai_edge_litert import interpreter as litert
+  from ai_edge_quantizer.utils import tfl_interpreter_utils
+
+  meta = litert.Interpreter(model_path=path)
+  details = meta.get_tensor_details()
+  produced = {int(i) for op in meta._get_ops_details() for i in op["outputs"]}
+  inputs = {d["index"] for d in meta.get_input_details()}
+  if names is None:
+    wanted = [d for d in details if d["index"] in produced and d["dtype"] == np.float32
+              and np.all(d["shape"]) and d["index"] not in inputs]
+  else:
+    wanted = [d for d in details if d["index"] in produced and d["name"] in names]
+  constants = [d for d in details if d["index"] not in produced and d["index"] not in inputs
+               and np.all(d["shape"]) and (d["dtype"] == np.float32 or
+                                           tfl_interpreter_utils.has_quantization_params(d))]
+  outputs: list[dict[str, np.ndarray]] = [{} for _ in feeds]
+  fixed: dict[str, np.ndarray] = {}
+  del meta
+  chunks = _chunks(wanted, memory.RANKING_CHUNK_BYTES)
+  _check_room(max(sum(_nbytes(d) for d in c) for c in chunks))
+  for c, chunk in enumerate(chunks):
+    if len(chunks) == 1:
+      interp = _preserving_interpreter(path)
+    else:
+      copy = os.path.join(folder, f"chunk{c}.tflite")
+      tflite_files.with_outputs(path, [d["index"] for d in chunk], copy)
+      interp = litert.Interpreter(model_path=copy, num_threads=2)
+    run = interp.get_signature_runner()
+    for s, feed in enumerate(feeds):
+      run(**feed)
+      for d in chunk:
+        outputs[s][d["name"]] = _sample(tfl_interpreter_utils.get_tensor_data(interp, d))
+    if c == 0:
+      for d in constants:
+        try:
+          fixed[d["name"]] = _sample(tfl_interpreter_utils.get_tensor_data(interp, d))
+        except ValueError:  # a tensor with no data (e.g. an unused optional input)
+          continue
+    del run, interp
+    if len(chunks) > 1:
+      os.remove(copy)
+  return outputs, fixed
+
+
+class _FloatReference:
+  """The float model's op outputs (sampled) on a few feeds, read once per export; `snr` then
+  reads the same tensors of each round's quantized model and compares.
 
   ai-edge-quantizer's validate runs the float and the quantized model side by side with every
   intermediate tensor preserved, each interpreter loaded from a bytes copy of its model, and
   builds the next pair before the last is freed: at full size that held four models and four
-  sets of activations at once (md's UNet: 21.3 GB). Here the float model runs once per export,
-  alone, and its tensors go to .npy files; each round then runs only the quantized model and
-  reads the float tensors back one at a time (memory-mapped).
+  sets of activations at once (md's UNet: 21.3 GB). Here each model runs alone, a chunk of
+  tensors at a time (`_op_outputs`).
   """
 
   def __init__(self, fp32_path: str, feeds: list[dict], folder: str):
-    names, ops = _graph(fp32_path)
-    produced = {names[i] for op in ops for i in op["outputs"] if names.get(i)}
-    interp = _preserving_interpreter(fp32_path)
-    run = interp.get_signature_runner()
-    inputs = {d["name"] for d in interp.get_input_details()}
-    # Constants (the weights) are compared too, once: a weight's own quantization error
-    # ranks the ops that read it.
-    self.constants: dict[str, str] = {}
-    self.files: list[dict[str, str]] = []
-    for s, feed in enumerate(feeds):
-      run(**feed)
-      self.files.append({})
-      for d in interp.get_tensor_details():
-        if d["dtype"] != np.float32 or not np.all(d["shape"]) or d["name"] in inputs:
-          continue
-        if d["name"] in produced:
-          kind, where = f"{s}-", self.files[s]
-        elif s == 0:
-          kind, where = "w-", self.constants
-        else:
-          continue
-        try:
-          data = interp.get_tensor(d["index"])
-        except ValueError:  # a tensor with no data (e.g. an unused optional input)
-          continue
-        where[d["name"]] = os.path.join(folder, f"{kind}{d['index']}.npy")
-        np.save(where[d["name"]], data)
-    self.feeds = feeds
+    self.outputs, self.constants = _op_outputs(fp32_path, feeds, None, folder)
+    self.feeds, self.folder = feeds, folder
 
   def snr(self, path: str) -> dict[str, float]:
     """SNR (dB) of each op output of the quantized model at `path` against float: the power
-    ratio sum(float^2) / sum((quantized - float)^2) over the feeds, as ai-edge-quantizer's
-    SNR metric per sample."""
-    from ai_edge_quantizer.utils import tfl_interpreter_utils
-
-    interp = _preserving_interpreter(path)
-    run = interp.get_signature_runner()
-    details = {d["name"]: d for d in interp.get_tensor_details()}
+    ratio sum(float^2) / sum((quantized - float)^2) over the feeds (on each tensor's sampled
+    elements), as ai-edge-quantizer's SNR metric per sample. Weights are compared too: a
+    weight's own quantization error ranks the ops that read it."""
+    got, got_constants = _op_outputs(path, self.feeds, set(self.outputs[0]), self.folder)
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
-    for s, (feed, files) in enumerate(zip(self.feeds, self.files)):
-      run(**feed)
-      for name, file in (files | self.constants if s == 0 else files).items():
-        if name not in details:  # folded away by the quantizer
+    pairs = [(ref, got[s]) for s, ref in enumerate(self.outputs)]
+    pairs.append((self.constants, got_constants))
+    for ref, quantized in pairs:
+      for name, values in quantized.items():
+        if name not in ref or ref[name].shape != values.shape:  # not the float model's
           continue
-        ref = np.load(file, mmap_mode="r")
-        got = tfl_interpreter_utils.get_tensor_data(interp, details[name])  # dequantized
-        if got.shape != ref.shape:
-          continue
-        signal[name] = signal.get(name, 0.0) + float(np.square(ref, dtype=np.float64).sum())
-        noise[name] = noise.get(name, 0.0) + float(
-            np.square(got.astype(np.float64) - ref).sum())
+        wide = ref[name].astype(np.float64)  # a causal mask's square overflows float32
+        signal[name] = signal.get(name, 0.0) + float(np.square(wide).sum())
+        noise[name] = noise.get(name, 0.0) + float(np.square(values - wide).sum())
     out = {}
     for name, power in signal.items():
       if noise[name] == 0 or power == 0:
@@ -385,8 +419,7 @@ def quantize_with_fallback(fp32_path: str, path: str, recipe: str, calib, sample
 
     def sensitivity():
       if "float" not in reference:  # the float model's, the same every round
-        _check_room(fp32_path, folder, len(ranked_on))
-        reference["float"] = _FloatTensors(fp32_path, ranked_on, folder)
+        reference["float"] = _FloatReference(fp32_path, ranked_on, folder)
       snr = _local_snr(fp32_path, reference["float"].snr(path))
       return {n: v for n, v in snr.items() if n not in by_rule}  # in float already
 
