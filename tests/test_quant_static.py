@@ -367,6 +367,33 @@ def test_tflite_fallback_compares_each_tensor_with_its_float_value(tmp_path):
   assert 25 < min(snr.values()) < 70
 
 
+def test_tflite_fallback_keeps_int8_weights_under_its_float_ops(tmp_path):
+  # An op fallback keeps in float computes in float, from int8 weights that a DEQUANTIZE
+  # expands: its fp32 weights would leave the artifact over the 26% size target (md's
+  # decoder: 59% of fp32 with 48 tensors in float).
+  from ai_edge_litert import interpreter as litert
+
+  from edgediff.quant import tflite_static
+
+  _, path, _, feeds = _mlp_tflite(tmp_path)
+  names, ops = tflite_static._graph(path)
+  first = names[[op for op in ops if op["op_name"] == "FULLY_CONNECTED"][0]["outputs"][0]]
+  excluded = str(tmp_path / "excluded.tflite")
+  tflite_static._quantize(path, excluded, "int8_static", feeds, [first], {})
+  interp = litert.Interpreter(model_path=excluded)
+  details = {d["index"]: d for d in interp.get_tensor_details()}
+  ops = [op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+  producers = {i: op for op in interp._get_ops_details() for i in op["outputs"]}
+  # The excluded op, and its consumer (the second layer: a tensor in float leaves every
+  # op that reads it in float too).
+  in_float = [op for op in ops if details[op["outputs"][0]]["dtype"] == np.float32]
+  assert first in {details[op["outputs"][0]]["name"] for op in in_float}
+  for op in in_float:
+    weight = producers.get(op["inputs"][1])  # None: an fp32 constant
+    assert weight and weight["op_name"] == "DEQUANTIZE", details[op["inputs"][1]]
+    assert details[weight["inputs"][0]]["dtype"] == np.int8
+
+
 def test_tflite_fallback_reads_tensors_a_chunk_at_a_time(tmp_path, monkeypatch):
   # At full size one call's tensors do not fit in RAM: with a budget of one byte, each
   # tensor is read by its own call of a model copy that outputs it, and the ranking's

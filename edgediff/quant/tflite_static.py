@@ -52,6 +52,13 @@ def _ops_touching(fp32_path: str, tensors: list[str]) -> list[str]:
   return out
 
 
+def _weighted_ops():
+  from ai_edge_quantizer import qtyping
+
+  names = qtyping.TFLOperationName
+  return (names.CONV_2D, names.DEPTHWISE_CONV_2D, names.FULLY_CONNECTED, names.CONV_2D_TRANSPOSE)
+
+
 def _quantizer(fp32_path: str, recipe: str, excluded: list[str]):
   from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
   from ai_edge_quantizer import recipe as aeq_recipe
@@ -72,11 +79,18 @@ def _quantizer(fp32_path: str, recipe: str, excluded: list[str]):
   tensors = _ops_touching(fp32_path, excluded)
   if tensors:  # a later, narrower scope overrides '.*'
     # An op's scope is its output tensor names, each followed by ';'. One pattern for all:
-    # the quantizer searches every scope pattern for every op.
+    # the quantizer searches every scope pattern for every op. Ops kept in float still store
+    # their weights in int8, dequantized for them (a weight-only config): with fp32 weights
+    # md's int8_static decoder was 59% of the fp32 bytes after fallback. On the shipped
+    # model the gate's SNR after 4 rounds also rose, in one run each: UNet 13.1 to 22.2 dB,
+    # decoder 10.1 to 15.7 dB (whose figure has moved as much between rankings before).
     alternatives = "|".join(re.escape(t) for t in tensors)
+    scope = f"(^|;)({alternatives});"
     qt.update_quantization_recipe(
-        regex=f"(^|;)({alternatives});", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        regex=scope, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
         algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    for op in _weighted_ops():
+      qt.add_weight_only_config(regex=scope, operation_name=op, num_bits=8)
   return qt
 
 
