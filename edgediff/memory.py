@@ -36,19 +36,20 @@ SLIM_FACTOR = 7.0
 # (RANKING_CHUNK_BYTES below). Fitted to the md UNet's TFLite int8_static export with 4
 # fallback rounds (1.45 GiB of weights, 3.8 GiB of activations per call): 9.2 GB peak,
 # estimated 10.9, when fallback still held every tensor of a call. ONNX: onnxruntime's
-# quantizer, its calibration session over a model augmented to output every tensor, and
-# qdq_loss_debug, which runs the float and the QDQ model with every intermediate tensor as an
-# output and keeps both sets of outputs (each session's arena holds a set while it runs).
-# Peaks measured (GiB), with weights and one call's activations: md's UNet (1.45, 3.78; 3
+# quantizer, its calibration session over a model augmented to reduce every tensor, and (in
+# the runs below) qdq_loss_debug's fallback ranking, which ran the float and the QDQ model
+# with every intermediate tensor as an output and kept both sets; the ranking is now read
+# RANKING_CHUNK_BYTES at a time (quant/onnx_static.py). Peaks measured (GiB), with weights and one call's activations: md's UNet (1.45, 3.78; 3
 # fallback rounds) 14.4; md-lite's (1.05, 2.88) 14.0; SD-1.5's decoder at 512 px (0.18,
 # 7.47) killed by the kernel at 21.1 after 14 minutes of quantizing, which the factors before
 # (5.5 weight copies, 1.5 activation sets) estimated at 13.9. No one pair of factors fits all
 # three closely; these err high on each, estimating 18.7 (md), 14.3 (md-lite) and 24.6.
 CALIBRATED_WEIGHT_COPIES = {"tflite": 3.5, "onnx": 3.0}
 CALIBRATED_ACTIVATION_SETS = {"tflite": 0.75, "onnx": 3.0}
-# TFLite fallback's ranking reads intermediate tensors at most this many bytes per call
-# (quant/tflite_static.py), with an interpreter's working memory beside them; the float
-# model's weights are alive too. md's decoder at 512 px, ranked this way: 4.45 GiB peak.
+# Fallback's ranking reads intermediate tensors at most this many bytes per call
+# (quant/tflite_static.py, quant/onnx_static.py), with a runtime's working memory beside
+# them; the model's weights are alive too. md's TFLite decoder at 512 px, ranked this way:
+# 4.45 GiB peak.
 RANKING_CHUNK_BYTES = 2 * GB
 # Without calibration, PyTorch frees each intermediate tensor after its last use and the
 # runtimes plan their activation memory with reuse: a fraction of one call's activations is

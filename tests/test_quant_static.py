@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import onnx
 import pytest
 
 from edgediff import metrics, pipeline
@@ -424,6 +425,51 @@ def test_tflite_fallback_reads_tensors_a_chunk_at_a_time(tmp_path, monkeypatch):
   assert set(chunked) == set(whole) and whole
   assert all(abs(chunked[n] - whole[n]) < 1e-6 for n in whole), (chunked, whole)
   assert not list(chunk_folder.iterdir())  # each copy removed after its chunk
+
+
+def test_onnx_fallback_ranks_nodes_a_chunk_at_a_time(tmp_path, monkeypatch):
+  # Each quantized activation's SQNR against itself after QuantizeLinear and
+  # DequantizeLinear, read in chunks, is what onnxruntime's qdq_loss_debug reports holding
+  # every tensor at once; with a budget of one byte each pair is read by a call of its own.
+  import torch
+  from onnxruntime.quantization import qdq_loss_debug as debug
+
+  from edgediff import memory
+  from edgediff.quant import onnx_static
+
+  torch.manual_seed(0)
+  model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(),
+                              torch.nn.Conv2d(8, 3, 3, padding=1)).eval()
+  fp32 = str(tmp_path / "fp32.onnx")
+  torch.onnx.export(model, (torch.zeros(1, 4, 8, 8),), fp32, input_names=["x"],
+                    output_names=["y"], dynamo=False)
+  feeds = [{"x": np.random.default_rng(i).standard_normal((1, 4, 8, 8), np.float32)}
+           for i in range(3)]
+  qdq = str(tmp_path / "q.onnx")
+  onnx_static._quantize(fp32, qdq, "int8_static", feeds, [], str(tmp_path / "ranges.json"))
+  whole = onnx_static._node_sqnr(fp32, qdq, feeds[:2])
+
+  aug, aug_f = str(tmp_path / "aug.onnx"), str(tmp_path / "aug_f.onnx")
+  debug.modify_model_output_intermediate_tensors(qdq, aug)
+  debug.modify_model_output_intermediate_tensors(fp32, aug_f)
+  errors = debug.compute_activation_error(debug.create_activation_matching(
+      debug.collect_activations(aug, onnx_static._Reader(feeds[:2])),
+      debug.collect_activations(aug_f, onnx_static._Reader(feeds[:2]))))
+  producers = {o: n.name for n in onnx.load(fp32).graph.node for o in n.output}
+  expected = {producers[t]: e["qdq_err"] for t, e in errors.items() if t in producers}
+  assert set(whole) == set(expected) and len(whole) >= 3, (whole, expected)
+  assert all(abs(whole[n] - expected[n]) < 1e-3 for n in whole), (whole, expected)
+
+  calls = []
+  real = onnx.save
+  monkeypatch.setattr(onnx, "save", lambda m, path, *a, **k: (calls.append(path),
+                                                              real(m, path, *a, **k)))
+  monkeypatch.setattr(memory, "RANKING_CHUNK_BYTES", 1)
+  chunked = onnx_static._node_sqnr(fp32, qdq, feeds[:2])
+  assert len(calls) == len(onnx_static._qdq_pairs(onnx.load(qdq).graph)) >= 3
+  assert set(chunked) == set(whole)
+  assert all(abs(chunked[n] - whole[n]) < 1e-9 for n in whole)
+  assert not [f for f in os.listdir(tmp_path) if "ranking" in f]  # no copy left
 
 
 def test_onnx_static_rounds_leave_no_dead_external_data(tmp_path):

@@ -11,7 +11,7 @@ come out worse than an earlier one (on the shapes UNet, ranked on calibration sa
 import math
 from typing import Callable
 
-from edgediff import metrics
+from edgediff import memory, metrics
 
 MAX_ROUNDS = 4
 PER_ROUND = 0.25  # fraction of the still-quantized ops kept in float per round
@@ -20,6 +20,29 @@ PER_ROUND = 0.25  # fraction of the still-quantized ops kept in float per round
 class Stop(Exception):
   """Raised by a sensitivity function that cannot rank (say, for memory): fallback ends
   there and keeps its best round, with the reason in its result ("stopped")."""
+
+
+def chunks(items: list, sizes: list[int]) -> list[list]:
+  """`items` in consecutive groups of at most memory.RANKING_CHUNK_BYTES by their `sizes`
+  (one larger than that alone in its group): what a ranking reads per call of a model.
+
+  Raises Stop when the RAM still free would not hold the largest group twice over (the
+  tensors, and the runtime's working memory beside them). The RAM compared is
+  memory.free_bytes(), not available_bytes(): the runtime comes on top of everything this
+  process already holds."""
+  groups, totals = [[]], [0]
+  for item, nbytes in zip(items, sizes):
+    if groups[-1] and totals[-1] + nbytes > memory.RANKING_CHUNK_BYTES:
+      groups.append([])
+      totals.append(0)
+    groups[-1].append(item)
+    totals[-1] += nbytes
+  room = memory.free_bytes()
+  if 2 * max(totals) > room:
+    raise Stop(
+        f"ranking ops reads {max(totals) / memory.GB:.1f} GB of tensors per call, with as "
+        f"much again for the runtime: more than the {room / memory.GB:.1f} GB of RAM free")
+  return groups
 
 
 def quantize_with_fallback(quantize: Callable[[list[str]], Callable],

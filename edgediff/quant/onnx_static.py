@@ -2,10 +2,11 @@
 int8_static (W8A8) and w8a16 (uint16 activations, at opset 21, which 16-bit QDQ needs).
 
 onnxruntime.quantization calibrates activation ranges on the recorded diffusion data. When
-the result misses the parity gate, onnxruntime's qdq_loss_debug compares every quantized
-node's output with the float model's on a calibration sample (the gate's stay held out), and
-edgediff.quant.fallback keeps the nodes with the lowest signal-to-quantization-noise ratio in
-float, a few at a time. The fallback list, with each node's SQNR, goes into the manifest.
+the result misses the parity gate, each quantized activation is compared with itself after
+its QuantizeLinear and DequantizeLinear on a calibration sample (the gate's stay held out; as
+onnxruntime's qdq_loss_debug does, in bounded memory), and edgediff.quant.fallback keeps the
+nodes with the lowest signal-to-quantization-noise ratio in float, a few at a time. The
+fallback list, with each node's SQNR, goes into the manifest.
 """
 
 import os
@@ -14,7 +15,7 @@ import tempfile
 import numpy as np
 import onnx
 
-from edgediff import onnx_files, runtimes
+from edgediff import memory, onnx_files, runtimes
 from edgediff.quant import calibration, fallback
 
 
@@ -69,8 +70,7 @@ def _needs_external_data(model) -> bool:
   # A protobuf cannot exceed 2 GB: past export's own line, keep the weights beside it.
   return onnx_files.needs_external_data(sum(len(i.raw_data) for i in model.graph.initializer))
 
-# The fallback ranks nodes on this many calibration samples (the gate's stay held out):
-# qdq_loss_debug holds both models' every intermediate output for all of them in memory.
+# The fallback ranks nodes on this many calibration samples (the gate's stay held out).
 SENSITIVITY_SAMPLES = 1
 
 
@@ -110,37 +110,101 @@ def _quantize(fp32_path, path, recipe, calib, exclude, cache_path, tables=()):
                   calibration_cache_path=cache_path)
 
 
-def _node_sqnr(fp32_path, qdq_path, feeds) -> dict[str, float]:
-  """SQNR (dB) of each quantized node's output against float, on `feeds`."""
-  from onnxruntime.quantization import qdq_loss_debug as debug
+def _qdq_pairs(graph) -> list[tuple[str, str]]:
+  """(activation, the same after its QuantizeLinear and DequantizeLinear) for every
+  activation the QDQ graph quantizes."""
+  weights = {i.name for i in graph.initializer}
+  readers: dict[str, list] = {}
+  for node in graph.node:
+    for name in node.input:
+      readers.setdefault(name, []).append(node)
+  pairs = []
+  for q in graph.node:
+    if q.op_type != "QuantizeLinear" or q.input[0] in weights:
+      continue
+    dq = [n for n in readers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]
+    if dq:
+      pairs.append((q.input[0], dq[0].output[0]))
+  return pairs
 
-  with tempfile.TemporaryDirectory() as tmp:
-    aug_f, aug_q = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
-    debug.modify_model_output_intermediate_tensors(fp32_path, aug_f)
-    debug.modify_model_output_intermediate_tensors(qdq_path, aug_q)
-    float_acts = debug.collect_activations(aug_f, _Reader(feeds))
-    qdq_acts = debug.collect_activations(aug_q, _Reader(feeds))
-  matching = debug.create_activation_matching(qdq_acts, float_acts)
-  errors = debug.compute_activation_error(matching)
-  producers = {o: n.name for n in onnx.load(fp32_path).graph.node for o in n.output}
+
+def _pair_bytes(model, pairs) -> list[int]:
+  """Bytes of each pair (two float32 tensors) from shape inference; a shape it leaves
+  unknown counts as a whole chunk."""
+  inferred = onnx.shape_inference.infer_shapes(model).graph
+  shapes = {v.name: v.type.tensor_type.shape for v in (*inferred.value_info, *inferred.input,
+                                                        *inferred.output)}
+  out = []
+  for pre, _ in pairs:
+    dims = [d.dim_value for d in shapes[pre].dim] if pre in shapes else []
+    known = dims and all(d > 0 for d in dims)
+    out.append(2 * 4 * int(np.prod(dims)) if known else memory.RANKING_CHUNK_BYTES)
+  return out
+
+
+def _node_sqnr(fp32_path, qdq_path, feeds) -> dict[str, float]:
+  """SQNR (dB) of each quantized node's output on `feeds`: the activation against itself
+  after its QuantizeLinear and DequantizeLinear in the QDQ model, as onnxruntime's
+  qdq_loss_debug computes it (its `qdq_err`).
+
+  qdq_loss_debug runs the float and the QDQ model with every tensor a graph output and keeps
+  both sets for every feed: md's decoder at 512 px took its export from 8 to 19 GB. Here the
+  pairs are read memory.RANKING_CHUNK_BYTES at a time, each chunk by a copy of the QDQ graph
+  (beside it, sharing its external data file) that outputs them, and only their sums of
+  squares are kept."""
+  import onnxruntime as ort
+  from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
+
+  model = onnx.load(qdq_path, load_external_data=False)
+  pairs = _qdq_pairs(model.graph)
+  sizes = _pair_bytes(model, pairs)
+  producers = {o: n.name for n in onnx.load(fp32_path, load_external_data=False).graph.node
+               for o in n.output}
+  options = ort.SessionOptions()
+  # The graph as written: fused, a QuantizeLinear and DequantizeLinear pair has no output.
+  options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+  signal: dict[str, float] = {}
+  noise: dict[str, float] = {}
+  chunks = fallback.chunks(pairs, sizes)
+  copy = qdq_path + ".ranking.onnx"
+  try:
+    for chunk in chunks:
+      augmented = onnx.ModelProto()
+      augmented.CopyFrom(model)
+      names = list(dict.fromkeys(t for pair in chunk for t in pair))
+      for name in names:
+        augmented.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+      onnx.save(augmented, copy)
+      del augmented
+      session = ort.InferenceSession(copy, options, providers=["CPUExecutionProvider"])
+      for feed in feeds:
+        values = dict(zip(names, session.run(names, feed)))
+        for pre, post in chunk:
+          x = values[pre].astype(np.float64)
+          signal[pre] = signal.get(pre, 0.0) + float(np.square(x).sum())
+          noise[pre] = noise.get(pre, 0.0) + float(np.square(x - values[post]).sum())
+        del values
+      del session
+  finally:
+    if os.path.exists(copy):
+      os.remove(copy)
   out = {}
-  for tensor, err in errors.items():
-    node = producers.get(tensor)
-    value = err.get("qdq_err")
-    if not node or value is None:
+  for tensor, power in signal.items():
+    # A graph output's activation is renamed where a QuantizeLinear reads it.
+    node = producers.get(tensor) or producers.get(tensor.removesuffix(QUANT_INPUT_SUFFIX))
+    if not node or noise[tensor] == 0:
+      # Not a node's output, or left exactly as it was (such as a relu attention's all-zero
+      # scores, which qdq_loss_debug would report as 0 dB).
       continue
-    pair = matching[tensor]
-    if np.array_equal(pair["pre_qdq"][0], pair["post_qdq"][0]):
-      # Quantization left it exactly as it was (onnxruntime reports an all-zero tensor,
-      # such as a relu attention whose scores are all negative, as 0 dB).
-      continue
-    if not np.isfinite(value):
-      # onnxruntime computes the SQNR in float32: infinite here means the tensor's norm
-      # overflowed, as when a causal mask (float32's minimum) is added to attention scores.
-      # No int8 range holds both the mask and the scores, and softmax then sees garbage:
-      # such a node ranks first.
+    if power > np.finfo(np.float32).max:
+      # A norm beyond float32, as when a causal mask (float32's minimum) is added to
+      # attention scores: no int8 range holds both, and softmax then sees garbage. Such a
+      # node ranks first (onnxruntime's float32 SQNR is not finite there).
       value = -np.inf
-    out[node] = min(out.get(node, np.inf), float(value))
+    else:
+      value = 10 * float(np.log10(power / noise[tensor])) if power else -np.inf
+    out[node] = min(out.get(node, np.inf), value)
   return out
 
 

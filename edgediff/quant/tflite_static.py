@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from edgediff import atomic, memory, runtimes, tflite_files
+from edgediff import atomic, runtimes, tflite_files
 from edgediff.quant import aeq_workaround, calibration, fallback
 
 _SIGNATURE = "serving_default"  # litert-torch's one signature
@@ -178,19 +178,6 @@ def _nbytes(detail: dict) -> int:
   return int(np.prod(detail["shape"])) * np.dtype(detail["dtype"]).itemsize
 
 
-def _check_room(chunk_bytes: int) -> None:
-  """Stops fallback before ranking when the RAM still free would not hold a chunk of
-  tensors twice over (the chunk, and the interpreter's own working memory beside it).
-
-  The RAM compared is memory.free_bytes(), not available_bytes(): the interpreter comes on
-  top of everything this process already holds."""
-  room = memory.free_bytes()
-  if 2 * chunk_bytes > room:
-    raise fallback.Stop(
-        f"ranking ops reads {chunk_bytes / memory.GB:.1f} GB of tensors per call, with as "
-        f"much again for the interpreter: more than the {room / memory.GB:.1f} GB of RAM free")
-
-
 @functools.lru_cache(maxsize=64)
 def _sample_index(size: int) -> np.ndarray:
   """SAMPLED_ELEMENTS positions out of `size`, at random but the same for every tensor of
@@ -204,18 +191,6 @@ def _sample(values: np.ndarray) -> np.ndarray:
   if flat.size > SAMPLED_ELEMENTS:
     flat = flat[_sample_index(flat.size)]
   return flat.astype(np.float32)
-
-
-def _chunks(details: list[dict], budget: int) -> list[list[dict]]:
-  """`details` in groups of at most `budget` bytes (a larger tensor alone in its group)."""
-  groups, size = [[]], 0
-  for d in details:
-    if groups[-1] and size + _nbytes(d) > budget:
-      groups.append([])
-      size = 0
-    groups[-1].append(d)
-    size += _nbytes(d)
-  return groups
 
 
 def _op_outputs(path: str, feeds: list[dict], names: set[str] | None, folder: str):
@@ -244,8 +219,7 @@ def _op_outputs(path: str, feeds: list[dict], names: set[str] | None, folder: st
   outputs: list[dict[str, np.ndarray]] = [{} for _ in feeds]
   fixed: dict[str, np.ndarray] = {}
   del meta
-  chunks = _chunks(wanted, memory.RANKING_CHUNK_BYTES)
-  _check_room(max(sum(_nbytes(d) for d in c) for c in chunks))
+  chunks = fallback.chunks(wanted, [_nbytes(d) for d in wanted])
   for c, chunk in enumerate(chunks):
     if len(chunks) == 1:
       interp = _preserving_interpreter(path)
