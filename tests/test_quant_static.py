@@ -472,6 +472,34 @@ def test_onnx_fallback_ranks_nodes_a_chunk_at_a_time(tmp_path, monkeypatch):
   assert not [f for f in os.listdir(tmp_path) if "ranking" in f]  # no copy left
 
 
+def test_onnx_calibration_gives_quantize_statics_own_ranges(tmp_path):
+  # edgediff calibrates in less memory than quantize_static does (no arena, no model copies
+  # held), and hands it the ranges through its cache: they are the ones it would compute.
+  import torch
+  from onnxruntime.quantization import (CalibrationMethod, QuantFormat, load_tensors_data,
+                                        quantize_static)
+
+  from edgediff.quant import onnx_static
+
+  torch.manual_seed(0)
+  model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(),
+                              torch.nn.Conv2d(8, 3, 3, padding=1)).eval()
+  fp32 = str(tmp_path / "fp32.onnx")
+  torch.onnx.export(model, (torch.zeros(1, 4, 8, 8),), fp32, input_names=["x"],
+                    output_names=["y"], dynamo=False)
+  feeds = [{"x": np.random.default_rng(i).standard_normal((1, 4, 8, 8), np.float32) * (i + 1)}
+           for i in range(3)]
+  theirs, ours = str(tmp_path / "theirs.json"), str(tmp_path / "ours.json")
+  quantize_static(fp32, str(tmp_path / "q.onnx"), onnx_static._Reader(feeds),
+                  quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.MinMax,
+                  calibration_cache_path=theirs)
+  onnx_static._calibrate(fp32, feeds, ours)
+  expected, got = load_tensors_data(theirs).data, load_tensors_data(ours).data
+  assert set(got) == set(expected) and len(got) >= 4
+  for name in expected:
+    assert np.allclose(got[name].range_value, expected[name].range_value), name
+
+
 def test_onnx_static_rounds_leave_no_dead_external_data(tmp_path):
   # Each fallback round rewrites the QDQ model; onnx appends external data to an existing
   # file, so without clearing it the artifact grew by a model's weights per round.
