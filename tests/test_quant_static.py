@@ -427,15 +427,9 @@ def test_tflite_fallback_reads_tensors_a_chunk_at_a_time(tmp_path, monkeypatch):
   assert not list(chunk_folder.iterdir())  # each copy removed after its chunk
 
 
-def test_onnx_fallback_ranks_nodes_a_chunk_at_a_time(tmp_path, monkeypatch):
-  # Each quantized activation's SQNR against itself after QuantizeLinear and
-  # DequantizeLinear, read in chunks, is what onnxruntime's qdq_loss_debug reports holding
-  # every tensor at once; with a budget of one byte each pair is read by a call of its own.
+def _conv_onnx(tmp_path):
+  """A two-conv ONNX model, and three feeds of different ranges."""
   import torch
-  from onnxruntime.quantization import qdq_loss_debug as debug
-
-  from edgediff import memory
-  from edgediff.quant import onnx_static
 
   torch.manual_seed(0)
   model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(),
@@ -443,8 +437,21 @@ def test_onnx_fallback_ranks_nodes_a_chunk_at_a_time(tmp_path, monkeypatch):
   fp32 = str(tmp_path / "fp32.onnx")
   torch.onnx.export(model, (torch.zeros(1, 4, 8, 8),), fp32, input_names=["x"],
                     output_names=["y"], dynamo=False)
-  feeds = [{"x": np.random.default_rng(i).standard_normal((1, 4, 8, 8), np.float32)}
+  feeds = [{"x": np.random.default_rng(i).standard_normal((1, 4, 8, 8), np.float32) * (i + 1)}
            for i in range(3)]
+  return fp32, feeds
+
+
+def test_onnx_fallback_ranks_nodes_a_chunk_at_a_time(tmp_path, monkeypatch):
+  # Each quantized activation's SQNR against itself after QuantizeLinear and
+  # DequantizeLinear, read in chunks, is what onnxruntime's qdq_loss_debug reports holding
+  # every tensor at once; with a budget of one byte each pair is read by a call of its own.
+  from onnxruntime.quantization import qdq_loss_debug as debug
+
+  from edgediff import memory
+  from edgediff.quant import onnx_static
+
+  fp32, feeds = _conv_onnx(tmp_path)
   qdq = str(tmp_path / "q.onnx")
   onnx_static._quantize(fp32, qdq, "int8_static", feeds, [], str(tmp_path / "ranges.json"))
   whole = onnx_static._node_sqnr(fp32, qdq, feeds[:2])
@@ -475,20 +482,12 @@ def test_onnx_fallback_ranks_nodes_a_chunk_at_a_time(tmp_path, monkeypatch):
 def test_onnx_calibration_gives_quantize_statics_own_ranges(tmp_path):
   # edgediff calibrates in less memory than quantize_static does (no arena, no model copies
   # held), and hands it the ranges through its cache: they are the ones it would compute.
-  import torch
   from onnxruntime.quantization import (CalibrationMethod, QuantFormat, load_tensors_data,
                                         quantize_static)
 
   from edgediff.quant import onnx_static
 
-  torch.manual_seed(0)
-  model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(),
-                              torch.nn.Conv2d(8, 3, 3, padding=1)).eval()
-  fp32 = str(tmp_path / "fp32.onnx")
-  torch.onnx.export(model, (torch.zeros(1, 4, 8, 8),), fp32, input_names=["x"],
-                    output_names=["y"], dynamo=False)
-  feeds = [{"x": np.random.default_rng(i).standard_normal((1, 4, 8, 8), np.float32) * (i + 1)}
-           for i in range(3)]
+  fp32, feeds = _conv_onnx(tmp_path)
   theirs, ours = str(tmp_path / "theirs.json"), str(tmp_path / "ours.json")
   quantize_static(fp32, str(tmp_path / "q.onnx"), onnx_static._Reader(feeds),
                   quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.MinMax,
