@@ -20,8 +20,8 @@ from edgediff.quant import calibration, fallback
 
 
 def _Reader(feeds):
-  """A CalibrationDataReader over recorded feeds; `set_range` serves onnxruntime's strided
-  calibration (CalibStridedMinMax), which runs a few samples at a time."""
+  """A CalibrationDataReader over recorded feeds; `set_range` limits it to a few, so that a
+  calibrator's `collect_data` runs one sample at a time."""
   from onnxruntime.quantization import CalibrationDataReader
 
   class Reader(CalibrationDataReader):
