@@ -39,7 +39,8 @@ SLIM_FACTOR = 7.0
 # quantizer, its calibration session over a model augmented to reduce every tensor, and (in
 # the runs below) qdq_loss_debug's fallback ranking, which ran the float and the QDQ model
 # with every intermediate tensor as an output and kept both sets; the ranking is now read
-# RANKING_CHUNK_BYTES at a time (quant/onnx_static.py). Peaks measured (GiB), with weights and one call's activations: md's UNet (1.45, 3.78; 3
+# RANKING_CHUNK_BYTES at a time (quant/onnx_static.py). Peaks measured (GiB), with weights
+# and one call's activations: md's UNet (1.45, 3.78; 3
 # fallback rounds) 14.4; md-lite's (1.05, 2.88) 14.0; SD-1.5's decoder at 512 px (0.18,
 # 7.47) killed by the kernel at 21.1 after 14 minutes of quantizing, which the factors before
 # (5.5 weight copies, 1.5 activation sets) estimated at 13.9. No one pair of factors fits all

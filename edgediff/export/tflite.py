@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from edgediff import atomic
-from edgediff.tflite_files import FLATBUFFER_LIMIT
 from edgediff.errors import EdgediffError
 from edgediff.quant import recipes
+from edgediff.tflite_files import FLATBUFFER_LIMIT
+
 
 class NamedIO(nn.Module):
   """Keyword inputs and a dict output, so that the signature says `sample`, not `args_0`."""
