@@ -177,13 +177,14 @@ def _preflight(component: str, opts: ExportOptions, est: memory.Estimate) -> mem
 
 def _disk_bytes(opts: ExportOptions, est: memory.Estimate) -> int:
   """Disk an export of a component writes at once, at most: the float model, the quantized
-  one beside it, the .ort copy, and for TFLite fallback a copy of the float model; 5% and
-  256 KiB over for the golden files and headers."""
+  one beside it, the .ort copy, and for a calibrated recipe one more copy of the float model
+  (ONNX: calibration's augmented model; TFLite: fallback's ranking copy); 5% and 256 KiB
+  over for the golden files and headers."""
   fp32 = est.weights_bytes
   final = fp32 * tflite_lib.BYTES_PER_WEIGHT.get(opts.recipe, 1) // 4
   need = fp32 + (final if opts.recipe != "fp32" else 0) + (final if opts.ort else 0)
-  if opts.fmt == "tflite" and opts.recipe in recipes.CALIBRATED:
-    need += fp32  # fallback's ranking: a copy of the float model with more graph outputs
+  if opts.recipe in recipes.CALIBRATED:
+    need += fp32
   return int(need * 1.05) + 256 * 1024
 
 
