@@ -25,14 +25,9 @@ def normalize(path: str) -> bool:
   DEQUANTIZE for ADD, and older GPU-delegate analyzers flag the ops whose weights sit at
   offsets. Files of 2 GB and more must keep their offsets and are left alone.
   """
-  import mmap
-
   if os.path.getsize(path) >= FLATBUFFER_LIMIT:
     return False
-  # The file mapped, not read: the buffers are views into it, and the one copy held is the
-  # builder's (a 1.7 GB fp16 SD-1.5 UNet adds 1.7 GB, not three times that).
-  with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-    packed = _inlined(data)  # its views into the mapping are gone when it returns
+  packed = _repacked(path)
   if packed is None:
     return False
   atomic.write_bytes(path, packed)
@@ -43,11 +38,17 @@ def with_outputs(path: str, tensors: list[int], dst: str) -> None:
   """Writes to `dst` the model at `path` with the tensors of index `tensors` added to its
   main subgraph's outputs (an interpreter keeps a graph's outputs alive to the end of a
   call, and reuses the memory of every other intermediate tensor). Indices stay the same."""
+  atomic.write_bytes(dst, _repacked(path, outputs=tensors))
+
+
+def _repacked(path: str, outputs: list[int] | None = None) -> memoryview | None:
+  """`_inlined` of the file at `path`, mapped, not read: the buffers are views into it, and
+  the one copy held is the builder's (a 1.7 GB fp16 SD-1.5 UNet adds 1.7 GB, not three
+  times that)."""
   import mmap
 
   with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-    packed = _inlined(data, outputs=tensors)
-  atomic.write_bytes(dst, packed)
+    return _inlined(data, outputs)  # its views into the mapping are gone when it returns
 
 
 def _inlined(data, outputs: list[int] | None = None) -> memoryview | None:

@@ -193,10 +193,16 @@ def _sample(values: np.ndarray) -> np.ndarray:
   return flat.astype(np.float32)
 
 
-def _op_outputs(path: str, feeds: list[dict], names: set[str] | None, folder: str):
+def _key(detail: dict) -> tuple:
+  """A tensor's name and shape: a quantized tensor is compared with the float one of both
+  (its samples are flat, and names are not unique in litert-torch's graphs)."""
+  return detail["name"], tuple(int(n) for n in detail["shape"])
+
+
+def _op_outputs(path: str, feeds: list[dict], keys: set[tuple] | None, folder: str):
   """Per feed, a sample (`_sample`) of each op output of the model at `path`, dequantized;
-  and a sample of each of its float or quantized constants. `names`: only these (the float
-  model's, in the quantized one); None: every float32 op output.
+  and a sample of each of its float or quantized constants; each by `_key`. `keys`: only
+  these (the float model's, in the quantized one); None: every float32 op output.
 
   The tensors are read memory.RANKING_CHUNK_BYTES at a time: by an interpreter that
   preserves all of them when they fit, otherwise, per chunk, by a copy of the model (under
@@ -208,16 +214,16 @@ def _op_outputs(path: str, feeds: list[dict], names: set[str] | None, folder: st
   details = meta.get_tensor_details()
   produced = {int(i) for op in meta._get_ops_details() for i in op["outputs"]}
   inputs = {d["index"] for d in meta.get_input_details()}
-  if names is None:
+  if keys is None:
     wanted = [d for d in details if d["index"] in produced and d["dtype"] == np.float32
               and np.all(d["shape"]) and d["index"] not in inputs]
   else:
-    wanted = [d for d in details if d["index"] in produced and d["name"] in names]
+    wanted = [d for d in details if d["index"] in produced and _key(d) in keys]
   constants = [d for d in details if d["index"] not in produced and d["index"] not in inputs
                and np.all(d["shape"]) and (d["dtype"] == np.float32 or
                                            tfl_interpreter_utils.has_quantization_params(d))]
-  outputs: list[dict[str, np.ndarray]] = [{} for _ in feeds]
-  fixed: dict[str, np.ndarray] = {}
+  outputs: list[dict[tuple, np.ndarray]] = [{} for _ in feeds]
+  fixed: dict[tuple, np.ndarray] = {}
   del meta
   chunks = fallback.chunks(wanted, [_nbytes(d) for d in wanted])
   for c, chunk in enumerate(chunks):
@@ -231,11 +237,11 @@ def _op_outputs(path: str, feeds: list[dict], names: set[str] | None, folder: st
     for s, feed in enumerate(feeds):
       run(**feed)
       for d in chunk:
-        outputs[s][d["name"]] = _sample(tfl_interpreter_utils.get_tensor_data(interp, d))
+        outputs[s][_key(d)] = _sample(tfl_interpreter_utils.get_tensor_data(interp, d))
     if c == 0:
       for d in constants:
         try:
-          fixed[d["name"]] = _sample(tfl_interpreter_utils.get_tensor_data(interp, d))
+          fixed[_key(d)] = _sample(tfl_interpreter_utils.get_tensor_data(interp, d))
         except ValueError:  # a tensor with no data (e.g. an unused optional input)
           continue
     del run, interp
@@ -270,10 +276,11 @@ class _FloatReference:
     pairs = [(ref, got[s]) for s, ref in enumerate(self.outputs)]
     pairs.append((self.constants, got_constants))
     for ref, quantized in pairs:
-      for name, values in quantized.items():
-        if name not in ref or ref[name].shape != values.shape:  # not the float model's
+      for key, values in quantized.items():
+        if key not in ref:  # not the float model's (a constant the quantizer added)
           continue
-        wide = ref[name].astype(np.float64)  # a causal mask's square overflows float32
+        name = key[0]
+        wide = ref[key].astype(np.float64)  # a causal mask's square overflows float32
         signal[name] = signal.get(name, 0.0) + float(np.square(wide).sum())
         noise[name] = noise.get(name, 0.0) + float(np.square(values - wide).sum())
     out = {}
