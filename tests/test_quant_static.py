@@ -543,3 +543,47 @@ def test_tflite_fallback_stops_when_a_chunk_would_not_fit(tmp_path, monkeypatch)
   assert info["rounds"] == 1 and info["fallback"] == [], info  # ranking never ran
   assert "reads 931322.6 GB of tensors per call" in info["stopped"], info["stopped"]
   assert "of RAM free" in info["stopped"], info["stopped"]
+
+
+def test_onnx_fallback_keeps_uint8_weights_under_its_float_nodes(tmp_path):
+  # A node fallback keeps in float computes in float, from per-channel uint8 weights that a
+  # DequantizeLinear expands: quantize_static leaves an excluded node's weights in fp32,
+  # which kept md's UNet at 80% of the fp32 bytes.
+  import onnxruntime as ort
+
+  from edgediff.quant import onnx_static
+
+  fp32, feeds = _conv_onnx(tmp_path)
+  model = onnx.load(fp32)
+  onnx.save(model, fp32, save_as_external_data=True, location="fp32.onnx.data",
+            size_threshold=0)
+  first = [n.name for n in model.graph.node if n.op_type == "Conv"][0]
+  ranges = str(tmp_path / "ranges.json")
+  plain, excluded = str(tmp_path / "plain.onnx"), str(tmp_path / "excluded.onnx")
+  onnx_static._quantize(fp32, plain, "int8_static", feeds, [], ranges)
+  onnx_static._quantize(fp32, excluded, "int8_static", feeds, [first], ranges)
+
+  graph = onnx.load(excluded).graph
+  inits = {i.name: i for i in graph.initializer}
+  producers = {o: n for n in graph.node for o in n.output}
+  conv = next(n for n in graph.node if n.name == first)
+  assert not producers.get(conv.input[0]) or \
+      producers[conv.input[0]].op_type != "DequantizeLinear"  # its activation stays float
+  dq = producers[conv.input[1]]
+  assert dq.op_type == "DequantizeLinear" and [a.i for a in dq.attribute] == [0]
+  assert inits[dq.input[0]].data_type == onnx.TensorProto.UINT8
+  assert len(onnx.numpy_helper.to_array(inits[dq.input[1]])) == 8  # one scale per channel
+  # Every weight is 8-bit: the file is no larger than the fully quantized one's, give or
+  # take the scales.
+  assert not [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+              and len(i.dims) == 4]
+  sizes = [sum(os.path.getsize(f) for f in (p, p + ".data") if os.path.exists(f))
+           for p in (plain, excluded)]
+  assert sizes[1] < sizes[0] + 256, sizes
+
+  # Its output is still the float model's, within int8 weight noise.
+  run = lambda p: ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(
+      None, feeds[0])[0]
+  reference, got = run(fp32), run(excluded)
+  snr = 10 * np.log10(np.square(reference).sum() / np.square(reference - got).sum())
+  assert snr > 25, snr
