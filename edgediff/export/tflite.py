@@ -47,8 +47,10 @@ def export_tflite(module: nn.Module, feeds: dict[str, torch.Tensor], output_name
 
   int8 = recipe in ("int8_weight_only", "int8_dynamic")
   with contextlib.redirect_stdout(sys.stderr):  # litert-torch prints progress to stdout
+    # lightweight_conversion: constants stay lazy in the MLIR module and LiteRT folds them
+    # at the end. md's UNet: 5.5 GiB peak RSS instead of 7.5, the same 2116 ops and bytes.
     edge_model = litert_torch.convert(
-        wrapped, sample_kwargs=dict(feeds),
+        wrapped, sample_kwargs=dict(feeds), lightweight_conversion=True,
         quant_config=None if int8 else recipes.tflite_quant_config(recipe))
     if int8:
       quantized = recipes.quantize_tflite(recipe, edge_model.model_content())
