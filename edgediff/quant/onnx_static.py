@@ -5,8 +5,9 @@ onnxruntime.quantization calibrates activation ranges on the recorded diffusion 
 the result misses the parity gate, each quantized activation is compared with itself after
 its QuantizeLinear and DequantizeLinear on a calibration sample (the gate's stay held out; as
 onnxruntime's qdq_loss_debug does, in bounded memory), and edgediff.quant.fallback keeps the
-nodes with the lowest signal-to-quantization-noise ratio in float, a few at a time. The
-fallback list, with each node's SQNR, goes into the manifest.
+nodes with the lowest signal-to-quantization-noise ratio in float, a few at a time (they
+compute in float from per-channel uint8 weights: `_weight_only`). The fallback list, with
+each node's SQNR, goes into the manifest.
 """
 
 import os
