@@ -21,8 +21,8 @@ BASE_BYTES = 1.5 * GB  # Python, torch, litert-torch and onnxruntime imported
 # - tflite: litert-torch lowers the module and serialises a flatbuffer, holding the exported
 #   program, the lowered module and the flatbuffer at once (md UNet, 1.56 GB of weights:
 #   8.0 GB fp32, 9.3 GB fp16; SD-1.5's, 3.44 GB: 18.5 GB fp16, 17.3-17.6 GB int8);
-#   with lightweight_conversion md's fp16 is 6.6 GiB and int8_dynamic 6.0: SD-1.5's has not
-#   been measured so, and the factor stays fitted to the older runs);
+#   with lightweight_conversion md's fp16 is 6.6 GiB and int8_dynamic 6.0, SD-1.5's 14.6 and
+#   13.4 GB: the factor stays fitted to the older runs, on the high side, until refitted);
 # - onnx: the dynamo exporter and onnxruntime's session (md UNet, written with external
 #   data and not simplified: 4.3 GB; md-lite's, 1.13 GB: 5.3 GB; SD-1.5's: 9.5 GB); onnxslim
 #   rewrites a model in memory, so a simplified model costs more (md text encoder, 0.49 GB:
