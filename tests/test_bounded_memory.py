@@ -216,3 +216,26 @@ def test_release_frees_a_module_that_litert_torch_converted(tmp_path):
   assert weight() is not None  # what torch 2.13 leaves: if this fails, torch fixed it
   memory.release()
   assert weight() is None
+
+
+def test_external_data_lands_as_readable_as_its_model(tmp_path):
+  # onnx 1.23 creates the external data files it saves 0600, the model file by the umask: a
+  # quantized model's weights were unreadable to anyone but their owner.
+  import onnx
+  from onnx import helper, numpy_helper
+
+  from edgediff.export import exporter
+
+  weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+  graph = helper.make_graph(
+      [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+      [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+      [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [weight])
+  tmp, folder = tmp_path / "tmp", tmp_path / "out"
+  tmp.mkdir()
+  folder.mkdir()
+  onnx.save(helper.make_model(graph), str(tmp / "unet.onnx"), save_as_external_data=True,
+            location="unet.onnx.data", size_threshold=0)
+  exporter._replace_into(str(tmp), str(folder))
+  mode = (folder / "unet.onnx").stat().st_mode
+  assert (folder / "unet.onnx.data").stat().st_mode == mode
