@@ -551,6 +551,7 @@ def test_onnx_fallback_keeps_uint8_weights_under_its_float_nodes(tmp_path):
   # which kept md's UNet at 80% of the fp32 bytes.
   import onnxruntime as ort
 
+  from edgediff.export import exporter
   from edgediff.quant import onnx_static
 
   fp32, feeds = _conv_onnx(tmp_path)
@@ -577,8 +578,7 @@ def test_onnx_fallback_keeps_uint8_weights_under_its_float_nodes(tmp_path):
   # take the scales.
   assert not [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT
               and len(i.dims) == 4]
-  sizes = [sum(os.path.getsize(f) for f in (p, p + ".data") if os.path.exists(f))
-           for p in (plain, excluded)]
+  sizes = [exporter.artifact_bytes(p) for p in (plain, excluded)]  # external data included
   assert sizes[1] < sizes[0] + 256, sizes
 
   # Its output is still the float model's, within int8 weight noise.

@@ -210,11 +210,12 @@ def _alive(pid: int) -> bool:
 
 def _replace_into(tmp_dir: str, folder: str) -> None:
   # Data files first, the model file last: a reader never sees a model without its data.
-  names = sorted(os.listdir(tmp_dir), key=lambda n: n.endswith(tuple(EXTENSIONS.values())))
-  models = [n for n in names if n.endswith(tuple(EXTENSIONS.values()))]
+  models = tuple(EXTENSIONS.values())
+  names = sorted(os.listdir(tmp_dir), key=lambda n: n.endswith(models))
+  model = names[-1] if names and names[-1].endswith(models) else None
   for name in names:
-    if models:  # onnx 1.23 creates external data files 0600: give them the model file's mode
-      shutil.copymode(os.path.join(tmp_dir, models[-1]), os.path.join(tmp_dir, name))
+    if model:  # onnx 1.23 creates external data files 0600: give them the model file's mode
+      shutil.copymode(os.path.join(tmp_dir, model), os.path.join(tmp_dir, name))
     os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
 
 
